@@ -1,0 +1,1 @@
+"""Subcommands of the diffraflow command line, one module each."""

@@ -1,0 +1,145 @@
+"""Human summaries and full validation of diffraflow stores (``info``, ``validate``).
+
+Examples
+--------
+>>> import numpy as np, tempfile, pathlib
+>>> from flow.store import create_cube
+>>> out = pathlib.Path(tempfile.mkdtemp()) / "s.zarr"
+>>> with create_cube(out, scan_shape=(1, 2), det_shape=(3, 3), dtype="uint8",
+...                  attrs={"modality": "ebsd", "detector": {"shape": [3, 3]}}) as w:
+...     w.patterns.append(np.zeros((2, 3, 3), "uint8")); _ = w.finalize()
+>>> validate_store(out)["frames"]
+2
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from schemas.chunking import CubeLayout, validate_layout
+from schemas.cube import SCAN_DIMS, StoreMarker, validate_scan_attrs
+from schemas.errors import SchemaError
+
+__all__ = ["describe_store", "validate_store"]
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _disk_usage(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def validate_store(path: str | os.PathLike) -> dict[str, Any]:
+    """Fully validate a store; return a small report or raise a one-line error.
+
+    Checks the completion marker, the attribute schema, the ``patterns``
+    dimension names, the chunking rules and that shapes agree with metadata.
+
+    Examples
+    --------
+    >>> validate_store("/nonexistent.zarr")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    """
+    from flow.store import open_group_checked
+
+    group = open_group_checked(path)
+    marker = StoreMarker.model_validate(group.attrs["diffraflow"])
+    report: dict[str, Any] = {"path": str(path), "kind": marker.kind}
+    if marker.kind == "result":
+        from schemas.results import validate_result_group
+
+        report.update(validate_result_group(group, where=str(path)))
+        return report
+    scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
+    if "patterns" not in group:
+        raise SchemaError(f"{path}: patterns", "missing", "re-create the store")
+    arr = group["patterns"]
+    dims = tuple(arr.metadata.dimension_names or ())
+    if dims != SCAN_DIMS:
+        raise SchemaError(f"{path}: patterns.dimension_names", f"{list(dims)} is not {list(SCAN_DIMS)}",
+                          "re-create the store with diffraflow")
+    shards = arr.shards or arr.chunks
+    validate_layout(CubeLayout(tuple(arr.shape), tuple(arr.chunks), tuple(shards)), where=f"{path}: patterns")
+    if tuple(arr.shape[2:]) != tuple(scan.detector.shape):
+        raise SchemaError(f"{path}: detector.shape", f"metadata {list(scan.detector.shape)} vs patterns "
+                          f"{list(arr.shape[2:])}", "re-create the store")
+    if scan.scan_shape is not None and tuple(arr.shape[:2]) != tuple(scan.scan_shape):
+        raise SchemaError(f"{path}: scan_shape", f"metadata {list(scan.scan_shape)} vs patterns "
+                          f"{list(arr.shape[:2])}", "re-create the store")
+    for name in scan.ground_truth:
+        if name not in group:
+            raise SchemaError(f"{path}: ground_truth", f"variable {name!r} is listed but missing",
+                              "re-create the store")
+    report.update({"frames": int(arr.shape[0] * arr.shape[1]), "shape": tuple(arr.shape),
+                   "modality": scan.modality})
+    return report
+
+
+def describe_store(path: str | os.PathLike) -> str:
+    """A human summary of a store: shape, chunks, dtype, metadata, variables, results.
+
+    Examples
+    --------
+    >>> # print(describe_store("scan.zarr"))
+    """
+    from flow.store import open_group_checked
+
+    path = Path(path)
+    group = open_group_checked(path)
+    marker = StoreMarker.model_validate(group.attrs["diffraflow"])
+    lines = [f"{path}  ({marker.kind}, format v{marker.format_version}, complete)",
+             f"  size on disk  {_human_bytes(_disk_usage(path))}"]
+    if marker.kind == "scan_cube":
+        scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
+        arr = group["patterns"]
+        n = arr.shape[0] * arr.shape[1]
+        lines += [
+            f"  patterns      {tuple(arr.shape)} {arr.dtype}  dims {list(arr.metadata.dimension_names)}",
+            f"                {n} frames, {_human_bytes(n * arr.shape[2] * arr.shape[3] * arr.dtype.itemsize)} raw",
+            f"  chunks        {tuple(arr.chunks)}   shards {tuple(arr.shards or arr.chunks)}",
+            f"  modality      {scan.modality}",
+        ]
+        det = scan.detector
+        pc = f"{tuple(round(v, 4) for v in det.pc)} ({det.pc_convention})" if det.pc else "unknown"
+        lines += [
+            f"  detector      {det.shape[0]} x {det.shape[1]} px, binning {det.binning}, PC {pc}",
+            f"                sample tilt {det.sample_tilt} deg, camera tilt {det.camera_tilt} deg"
+            + (f", pixel {det.px_size_um} um" if det.px_size_um else ""),
+        ]
+        if det.calibration:
+            lines.append(f"                calibration {det.calibration}")
+        lines.append(f"  beam          {scan.beam_energy_kv} kV" if scan.beam_energy_kv else "  beam          unknown")
+        lines.append(f"  step          y {scan.step_size.y} {scan.step_size.unit}, x {scan.step_size.x} "
+                     f"{scan.step_size.unit}")
+        if scan.exposure_s is not None:
+            lines.append(f"  exposure      {scan.exposure_s} s")
+        if scan.phases:
+            phases = ", ".join(f"{p.id}:{p.name}" + (f" (SG {p.space_group})" if p.space_group else "")
+                               for p in scan.phases)
+            lines.append(f"  phases        {phases}")
+        prov = scan.provenance
+        src = f"{prov.source_file} [{prov.source_format}]" if prov.source_file else (prov.source_format or "-")
+        lines.append(f"  provenance    {src}, created {prov.created} by {prov.software}")
+        if scan.ground_truth:
+            lines.append(f"  ground truth  {', '.join(scan.ground_truth)}")
+    else:
+        results = dict(group.attrs.get("results", {}))
+        lines.append(f"  results       {', '.join(results) if results else '(none listed)'}")
+    others = [name for name in sorted(group.array_keys()) if name != "patterns"]
+    for name in others:
+        arr = group[name]
+        dims = list(arr.metadata.dimension_names or [])
+        lines.append(f"  variable      {name}: {tuple(arr.shape)} {arr.dtype} {dims}")
+    for name in sorted(group.group_keys()):
+        lines.append(f"  group         {name}/")
+    return "\n".join(lines)

@@ -1,0 +1,432 @@
+"""The operator contract.
+
+An operator is a small frozen dataclass, in the spirit of LiberTEM's UDFs and
+zarr's codecs:
+
+* its **parameters** are the dataclass fields (each with a ``doc`` in its
+  field metadata, shown by ``diffraflow operators``);
+* :meth:`Operator.resolve` maps the input :class:`InputSpec` to the declared
+  **outputs** (:class:`OutputSpec`), purely and cheaply, before any data is
+  read;
+* :meth:`Operator.setup` builds **large constants** (look-up tables, model
+  weights) once per worker; the engine caches them by :meth:`Operator.token`;
+* :meth:`Operator.process` is the per-chunk **kernel**: it receives a stack of
+  frames ``(n, det_y, det_x)`` and returns one array per output, with a leading
+  axis ``n`` for ``nav``/``frames`` outputs and the reduced value for
+  ``sig``/``single`` outputs;
+* :meth:`Operator.merge` combines two partial reductions (default: sum), and
+  :meth:`Operator.finalize` turns the merged partials of a pass into final
+  outputs or, for **multi-pass** operators (``passes > 1``), into the state
+  handed to the next pass through :attr:`ChunkContext.state`.
+
+Output kinds
+------------
+``nav``     one value (of ``extra_shape``) per frame: a map over the scan.
+``frames``  a new frame per frame (``extra_shape == det shape`` after the
+            operator); later steps of a pipeline see these frames instead of
+            the input (background correction, binning...).
+``sig``     one frame-shaped value for the whole scan (mean pattern).
+``single``  one value of any shape for the whole scan (a histogram, PCA factors).
+
+Examples
+--------
+>>> import numpy as np
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True)
+... class FrameSum(Operator):
+...     name = "frame_sum_example"
+...     def resolve(self, spec):
+...         return {"total": OutputSpec("nav", "float64")}
+...     def process(self, frames, ctx):
+...         return {"total": frames.reshape(len(frames), -1).sum(axis=1)}
+>>> op = FrameSum()
+>>> spec = InputSpec(scan_shape=(1, 2), det_shape=(2, 2), dtype=np.dtype("uint8"))
+>>> out = op.process(np.ones((2, 2, 2), "uint8"), ChunkContext(spec=spec))
+>>> out["total"].tolist()
+[4, 4]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from schemas.errors import PipelineError
+
+__all__ = [
+    "OutputKind",
+    "InputSpec",
+    "OutputSpec",
+    "ChunkContext",
+    "Operator",
+    "param",
+    "register_operator",
+    "get_operator_class",
+    "list_operators",
+    "build_operator",
+    "operator_parameters",
+]
+
+OutputKind = Literal["nav", "frames", "sig", "single"]
+Backend = Literal["numpy", "cupy", "torch"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What an operator receives: scan and frame shapes, dtype and metadata.
+
+    Parameters
+    ----------
+    scan_shape
+        ``(scan_y, scan_x)``.
+    det_shape
+        ``(det_y, det_x)`` of the frames this operator sees (after earlier
+        ``frames`` steps).
+    dtype
+        dtype of those frames.
+    attrs
+        The validated scan metadata as a dict (``ScanAttrs.model_dump()``),
+        or ``None`` for in-memory use.
+
+    Examples
+    --------
+    >>> InputSpec((2, 3), (60, 60), np.dtype("uint8")).n_frames
+    6
+    """
+
+    scan_shape: tuple[int, int]
+    det_shape: tuple[int, int]
+    dtype: np.dtype
+    attrs: dict[str, Any] | None = None
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.scan_shape[0] * self.scan_shape[1])
+
+    def with_frames(self, det_shape: tuple[int, ...], dtype: Any) -> InputSpec:
+        """The spec seen by the next step after a ``frames`` output."""
+        return dataclasses.replace(self, det_shape=tuple(det_shape), dtype=np.dtype(dtype))
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """A declared output of an operator.
+
+    Parameters
+    ----------
+    kind
+        ``nav``, ``frames``, ``sig`` or ``single`` (see the module docs).
+    dtype
+        dtype of the stored result.
+    extra_shape
+        Shape per frame (``nav``/``frames``) or of the whole value (``sig``/``single``).
+    extra_dims
+        One dimension name per axis of ``extra_shape``.
+    description
+        One line for ``diffraflow operators`` and the result attributes.
+    product
+        The result product this output belongs to (see ``schemas.results``),
+        e.g. ``"crystal_map"``.
+
+    Examples
+    --------
+    >>> OutputSpec("nav", "float32", (4,), ("quat",)).result_shape((3, 5))
+    (3, 5, 4)
+    """
+
+    kind: OutputKind
+    dtype: Any
+    extra_shape: tuple[int, ...] = ()
+    extra_dims: tuple[str, ...] = ()
+    description: str = ""
+    product: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        object.__setattr__(self, "extra_shape", tuple(int(s) for s in self.extra_shape))
+        if not self.extra_dims and self.extra_shape:
+            default = ("det_y", "det_x") if self.kind in ("frames", "sig") and len(self.extra_shape) == 2 else None
+            dims = default or tuple(f"dim_{i}" for i in range(len(self.extra_shape)))
+            object.__setattr__(self, "extra_dims", dims)
+        if len(self.extra_dims) != len(self.extra_shape):
+            raise PipelineError("OutputSpec", f"extra_dims {self.extra_dims} do not match extra_shape "
+                                f"{self.extra_shape}", "give one name per extra axis")
+
+    @property
+    def per_frame(self) -> bool:
+        return self.kind in ("nav", "frames")
+
+    def result_shape(self, scan_shape: tuple[int, int]) -> tuple[int, ...]:
+        """Shape of the stored result for a scan of ``scan_shape``."""
+        return (*scan_shape, *self.extra_shape) if self.per_frame else self.extra_shape
+
+    def result_dims(self) -> tuple[str, ...]:
+        """Dimension names of the stored result."""
+        return ("scan_y", "scan_x", *self.extra_dims) if self.per_frame else self.extra_dims
+
+
+@dataclass
+class ChunkContext:
+    """What the engine tells a kernel about the chunk it is processing.
+
+    Attributes
+    ----------
+    spec
+        The operator's input spec.
+    constants
+        Whatever :meth:`Operator.setup` returned (built once per worker).
+    pass_index
+        Which pass over the data this is (0-based), for multi-pass operators.
+    state
+        What :meth:`Operator.finalize` returned after the previous pass.
+    flat_start
+        Flat scan index of the chunk's first frame.
+    scan_index
+        ``(n, 2)`` array of the ``(y, x)`` scan positions of the chunk's frames.
+    backend
+        The backend chosen for this run (``numpy``, ``cupy`` or ``torch``).
+    """
+
+    spec: InputSpec
+    constants: Any = None
+    pass_index: int = 0
+    state: Any = None
+    flat_start: int = 0
+    scan_index: np.ndarray | None = None
+    backend: str = "numpy"
+
+    @property
+    def xp(self):
+        """The array module of the backend (numpy or cupy)."""
+        if self.backend == "cupy":
+            import cupy
+
+            return cupy
+        return np
+
+
+def param(default: Any = dataclasses.MISSING, *, doc: str, choices: tuple | None = None, **kwargs: Any):
+    """Declare an operator parameter with its documentation.
+
+    Examples
+    --------
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Scale(Operator):
+    ...     name = "scale_example"
+    ...     factor: float = param(2.0, doc="multiply every pixel by this")
+    >>> operator_parameters(Scale)[0]["doc"]
+    'multiply every pixel by this'
+    """
+    metadata = {"doc": doc, "choices": choices}
+    if isinstance(default, list | dict | set):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Base class of every operator; subclasses are frozen dataclasses.
+
+    Class attributes
+    ----------------
+    name
+        Registry name used in pipeline files.
+    backends
+        Backends the kernel supports, in order of preference.
+    passes
+        Number of passes over the data.
+    """
+
+    name: ClassVar[str] = ""
+    backends: ClassVar[tuple[str, ...]] = ("numpy",)
+    passes: ClassVar[int] = 1
+
+    # -- declared behaviour -------------------------------------------------
+    def resolve(self, spec: InputSpec) -> dict[str, OutputSpec]:
+        """Declared outputs for ``spec``; must not touch data. Raise PipelineError if incompatible."""
+        raise NotImplementedError(f"{type(self).__name__} must define resolve()")
+
+    def setup(self, spec: InputSpec, backend: str = "numpy") -> Any:
+        """Build large constants once per worker (default: nothing)."""
+        return None
+
+    def process(self, frames: Any, ctx: ChunkContext) -> dict[str, Any]:
+        """The per-chunk kernel over ``frames`` of shape ``(n, det_y, det_x)``."""
+        raise NotImplementedError(f"{type(self).__name__} must define process()")
+
+    def merge(self, name: str, left: Any, right: Any) -> Any:
+        """Combine two partial values of a ``sig``/``single`` output (default: sum)."""
+        return left + right
+
+    def finalize(self, partials: dict[str, Any], ctx: ChunkContext) -> dict[str, Any]:
+        """Turn merged partials of a pass into final outputs or next-pass state (default: identity)."""
+        return partials
+
+    # -- identity ------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Parameter values as a JSON-friendly dict.
+
+        Examples
+        --------
+        >>> Operator().params()
+        {}
+        """
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def token(self) -> str:
+        """A stable hash of the operator's name and parameters (cache key for constants).
+
+        Examples
+        --------
+        >>> len(Operator().token())
+        16
+        """
+        text = json.dumps({"op": self.name or type(self).__name__, "params": self.params()}, sort_keys=True,
+                          default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+_REGISTRY: dict[str, type[Operator]] = {}
+
+#: Modules that define operators; imported on first registry access so that
+#: ``diffraflow operators`` lists everything without importing it eagerly.
+OPERATOR_MODULES: list[str] = []
+
+
+def register_operator(cls: type[Operator]) -> type[Operator]:
+    """Class decorator adding an operator to the registry under ``cls.name``.
+
+    Examples
+    --------
+    >>> from dataclasses import dataclass
+    >>> @register_operator
+    ... @dataclass(frozen=True)
+    ... class Noop(Operator):
+    ...     name = "noop_example"
+    >>> get_operator_class("noop_example") is Noop
+    True
+    """
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise TypeError(f"operator name {cls.name!r} already used by {existing.__qualname__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_operator_modules() -> None:
+    import importlib
+
+    for module in OPERATOR_MODULES:
+        importlib.import_module(module)
+
+
+def list_operators() -> dict[str, type[Operator]]:
+    """All registered operators by name.
+
+    Examples
+    --------
+    >>> isinstance(list_operators(), dict)
+    True
+    """
+    _load_operator_modules()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_operator_class(name: str, where: str = "pipeline") -> type[Operator]:
+    """The operator class registered as ``name``; PipelineError naming the closest name otherwise.
+
+    Examples
+    --------
+    >>> get_operator_class("definitely_not_an_operator")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PipelineError: pipeline: unknown operator 'definitely_not_an_operator' (fix: run 'diffraflow operators' to list operators)
+    """
+    operators = list_operators()
+    if name in operators:
+        return operators[name]
+    close = difflib.get_close_matches(name, list(operators), n=1)
+    fix = f"did you mean {close[0]!r}?" if close else "run 'diffraflow operators' to list operators"
+    raise PipelineError(where, f"unknown operator {name!r}", fix)
+
+
+def operator_parameters(cls: type[Operator]) -> list[dict[str, Any]]:
+    """Declared parameters of an operator class: name, type, default, doc, choices.
+
+    Examples
+    --------
+    >>> operator_parameters(Operator)
+    []
+    """
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        out.append({
+            "name": f.name,
+            "type": f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)),
+            "default": None if default is dataclasses.MISSING else default,
+            "required": default is dataclasses.MISSING,
+            "doc": f.metadata.get("doc", ""),
+            "choices": f.metadata.get("choices"),
+        })
+    return out
+
+
+def build_operator(name: str, params: dict[str, Any] | None = None, where: str = "pipeline") -> Operator:
+    """Instantiate a registered operator from a name and parameter mapping.
+
+    Unknown or missing parameters raise a PipelineError naming the closest
+    valid parameter.
+
+    Examples
+    --------
+    >>> build_operator("definitely_not_an_operator")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PipelineError: pipeline: unknown operator 'definitely_not_an_operator' (fix: run 'diffraflow operators' to list operators)
+    """
+    cls = get_operator_class(name, where)
+    params = dict(params or {})
+    declared = {p["name"]: p for p in operator_parameters(cls)}
+    for key in params:
+        if key not in declared:
+            close = difflib.get_close_matches(key, list(declared), n=1)
+            fix = f"did you mean {close[0]!r}?" if close else f"valid parameters: {', '.join(declared) or 'none'}"
+            raise PipelineError(f"{where}: {name}", f"unknown parameter {key!r}", fix)
+    for key, spec in declared.items():
+        if spec["required"] and key not in params:
+            raise PipelineError(f"{where}: {name}", f"missing required parameter {key!r}",
+                                f"add '{key}: ...' ({spec['doc']})")
+        if spec["choices"] and key in params and params[key] not in spec["choices"]:
+            raise PipelineError(f"{where}: {name}.{key}", f"{params[key]!r} is not one of {list(spec['choices'])}",
+                                f"use one of {', '.join(map(str, spec['choices']))}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, PipelineError):
+            raise
+        raise PipelineError(f"{where}: {name}", str(exc), "check the parameter values") from None

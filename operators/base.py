@@ -305,9 +305,9 @@ def _jsonable(value: Any) -> Any:
 
 _REGISTRY: dict[str, type[Operator]] = {}
 
-#: Modules that define operators; imported on first registry access so that
-#: ``diffraflow operators`` lists everything without importing it eagerly.
-OPERATOR_MODULES: list[str] = []
+#: Sub-packages and modules of ``operators`` that hold no operators; skipped
+#: when the registry imports the package on first access.
+_NOT_OPERATOR_MODULES = ("operators.base", "operators.crystallography")
 
 
 def register_operator(cls: type[Operator]) -> type[Operator]:
@@ -332,11 +332,28 @@ def register_operator(cls: type[Operator]) -> type[Operator]:
     return cls
 
 
-def _load_operator_modules() -> None:
-    import importlib
+_LOADED = False
 
-    for module in OPERATOR_MODULES:
-        importlib.import_module(module)
+
+def _load_operator_modules() -> None:
+    """Import every module of the ``operators`` package once, so each registers its operators.
+
+    Operator modules must keep GPU and other optional imports inside functions,
+    so importing them is cheap and never needs CUDA.
+    """
+    global _LOADED
+    if _LOADED:
+        return
+    import importlib
+    import pkgutil
+
+    import operators
+
+    for info in pkgutil.walk_packages(operators.__path__, prefix="operators."):
+        if info.name.startswith(_NOT_OPERATOR_MODULES) or info.name.rsplit(".", 1)[-1].startswith(("_", "gpu")):
+            continue
+        importlib.import_module(info.name)
+    _LOADED = True
 
 
 def list_operators() -> dict[str, type[Operator]]:

@@ -1,0 +1,402 @@
+"""``HoughIndexer``: Radon-transform band detection and triplet-vote indexing.
+
+The class holds everything that is built once (Radon look-up table, butterfly
+kernels, reflector and interplanar-angle tables of every phase, the
+detector-to-sample rotation) and exposes two entry points:
+
+* :meth:`HoughIndexer.index_chunk`: a stack of patterns in, plain NumPy arrays
+  out; cheap to call repeatedly, it is what the pipeline engine calls per chunk;
+* :meth:`HoughIndexer.index`: a whole scan in, an orix ``CrystalMap`` out.
+
+The maths lives in the numba kernels of the sibling modules; the CuPy path of
+the image stages is in :mod:`operators.indexing.gpu`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from operators.indexing.bands import butterfly_kernels
+from operators.indexing.geometry import detector_to_sample_matrix, pc_array
+from operators.indexing.radon import RadonPlan, make_radon_plan
+from operators.indexing.reflectors import ReflectorTable, build_reflector_table
+from schemas.errors import BackendUnavailableError, SchemaError
+
+__all__ = ["HoughIndexer"]
+
+_OUTPUTS = ("quaternion", "phase_id", "fit", "confidence", "pattern_quality", "n_bands")
+
+
+def _as_phase_list(phase_list):
+    from orix.crystal_map import Phase, PhaseList
+
+    if isinstance(phase_list, Phase):
+        phase_list = PhaseList(phase_list)
+    elif isinstance(phase_list, (list, tuple)):
+        if len(phase_list) == 0:
+            raise SchemaError("phase_list", "empty phase list", "pass at least one orix Phase")
+        phase_list = PhaseList(list(phase_list))
+    if not isinstance(phase_list, PhaseList):
+        raise SchemaError(
+            "phase_list",
+            f"expected an orix PhaseList or Phase, got {type(phase_list).__name__}",
+            "pass orix.crystal_map.PhaseList([...])",
+        )
+    ids = [i for i in phase_list.ids if i >= 0]
+    if not ids:
+        raise SchemaError("phase_list", "empty phase list", "pass at least one orix Phase")
+    return phase_list, ids
+
+
+class HoughIndexer:
+    """Index EBSD patterns by Radon-transform band detection and triplet voting.
+
+    Parameters
+    ----------
+    phase_list
+        orix ``PhaseList`` (or one ``Phase``, or a list of them) with space
+        groups and structures. With several phases, each pattern gets the phase
+        whose best hypothesis explains most bands (ties: lower fit).
+    detector
+        kikuchipy ``EBSDDetector``: shape, Bruker PC (one, or one per pattern
+        with the scan's navigation shape), sample tilt and camera tilt.
+    n_bands
+        Bands to detect per pattern.
+    n_theta
+        Radon angles over 180 degrees.
+    rho_step
+        Radon ``rho`` bin width in pixels.
+    mask_radius
+        Circular mask radius as a fraction of half the shorter detector side,
+        ``None`` for the full rectangle.
+    rho_mask_frac
+        Fraction of the largest ``|rho|`` ignored in the peak search.
+    sigma_rho, sigma_theta
+        Butterfly filter widths in bins; ``sigma_rho=None`` scales with the
+        detector (1.2 bins for a 60-pixel detector).
+    pair_tol, match_tol
+        Angular tolerances (degrees) for interplanar-angle look-up and for a
+        band to count as explained.
+    n_reflectors
+        Reflector families per phase: ``None`` (automatic, 4 for FCC/BCC), an
+        int for all phases, or a sequence with one entry per phase.
+    static_background
+        ``(rows, cols)`` array to remove from every pattern, or ``None``.
+    background_mode
+        ``"subtract"`` or ``"divide"`` for ``static_background``.
+    dynamic_background
+        Remove a least-squares quadratic surface from each pattern.
+    backend
+        ``"auto"`` (CUDA if CuPy sees a device, else CPU), ``"cpu"`` or ``"cuda"``.
+    batch_size
+        Patterns handed to a kernel at once by :meth:`index`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kikuchipy.detectors import EBSDDetector
+    >>> from operators.crystallography import get_phase
+    >>> det = EBSDDetector((60, 60), pc=(0.42, 0.22, 0.50), sample_tilt=70)
+    >>> indexer = HoughIndexer([get_phase("ni")], det)
+    >>> out = indexer.index_chunk(np.zeros((2, 60, 60), dtype=np.float32))
+    >>> out["quaternion"].shape, out["phase_id"].tolist()
+    ((2, 4), [-1, -1])
+    """
+
+    def __init__(
+        self,
+        phase_list,
+        detector,
+        n_bands: int = 9,
+        n_theta: int = 180,
+        rho_step: float = 1.0,
+        mask_radius: float | None = 1.0,
+        rho_mask_frac: float = 0.1,
+        sigma_rho: float | None = None,
+        sigma_theta: float = 1.0,
+        pair_tol: float = 2.0,
+        match_tol: float = 2.5,
+        n_reflectors: int | None | list = None,
+        static_background: np.ndarray | None = None,
+        background_mode: str = "subtract",
+        dynamic_background: bool = False,
+        backend: str = "auto",
+        batch_size: int = 4096,
+    ) -> None:
+        self.phase_list, self._phase_ids = _as_phase_list(phase_list)
+        if detector is None or not hasattr(detector, "shape"):
+            raise SchemaError("detector", "expected a kikuchipy EBSDDetector", "pass kikuchipy.detectors.EBSDDetector(...)")
+        self.detector = detector
+        self.shape = (int(detector.shape[0]), int(detector.shape[1]))
+        if n_bands < 3:
+            raise SchemaError("n_bands", f"need at least 3 bands, got {n_bands}", "use 6 to 12")
+        if backend not in ("auto", "cpu", "cuda"):
+            raise SchemaError("backend", f"unknown backend {backend!r}", "use 'auto', 'cpu' or 'cuda'")
+        if background_mode not in ("subtract", "divide"):
+            raise SchemaError("background_mode", f"unknown mode {background_mode!r}", "use 'subtract' or 'divide'")
+        self.n_bands = int(n_bands)
+        self.pair_tol = float(pair_tol)
+        self.match_tol = float(match_tol)
+        self.batch_size = int(batch_size)
+        self.options: dict[str, Any] = dict(
+            n_bands=n_bands, n_theta=n_theta, rho_step=rho_step, mask_radius=mask_radius,
+            rho_mask_frac=rho_mask_frac, sigma_rho=sigma_rho, sigma_theta=sigma_theta,
+            pair_tol=pair_tol, match_tol=match_tol, n_reflectors=n_reflectors,
+            background_mode=background_mode, dynamic_background=dynamic_background, backend=backend,
+        )
+
+        # Built once: everything below is reused by every call.
+        self.plan: RadonPlan = make_radon_plan(self.shape, n_theta, rho_step, mask_radius, rho_mask_frac)
+        if sigma_rho is None:
+            sigma_rho = max(1.0, 1.2 * min(self.shape) / 60.0 / rho_step)
+        self.k_rho, self.k_theta = butterfly_kernels(float(sigma_rho), float(sigma_theta))
+        self.valid = (self.plan.inv_count > 0).astype(np.uint8)
+        self.m_ds = detector_to_sample_matrix(detector)
+        self.pcs = pc_array(detector)
+        self._bg, self._bg_mode = self._background(static_background, background_mode)
+        self._dyn_basis, self._dyn_pinv = self._dynamic_basis(dynamic_background)
+
+        n_ph = len(self._phase_ids)
+        if n_reflectors is None or isinstance(n_reflectors, (int, np.integer)):
+            per_phase = [n_reflectors] * n_ph
+        else:
+            per_phase = list(n_reflectors)
+            if len(per_phase) != n_ph:
+                raise SchemaError(
+                    "n_reflectors", f"{len(per_phase)} entries for {n_ph} phases", "give one entry per phase"
+                )
+        self.tables: list[ReflectorTable] = [
+            build_reflector_table(self.phase_list[i], n_families=k) for i, k in zip(self._phase_ids, per_phase)
+        ]
+        self._pack_tables()
+        self.backend = self._resolve_backend(backend)
+        self._gpu_state = None
+
+    # ------------------------------------------------------------------ setup
+    def _background(self, bg, mode):
+        if bg is None:
+            return np.zeros(1, dtype=np.float32), 0
+        bg = np.asarray(bg, dtype=np.float32)
+        if bg.shape != self.shape:
+            raise SchemaError(
+                "static_background",
+                f"shape {bg.shape} differs from the detector shape {self.shape}",
+                "pass a background of the detector's shape",
+            )
+        if mode == "divide":
+            bg = np.where(bg > 0, bg, max(float(bg[bg > 0].min()) if np.any(bg > 0) else 1.0, 1e-6))
+        return np.ascontiguousarray(bg.ravel()), 1 if mode == "subtract" else 2
+
+    def _dynamic_basis(self, on):
+        n_mask = self.plan.mask_index.size
+        if not on:
+            z = np.zeros((0, n_mask), dtype=np.float32)
+            return z, z
+        rows, cols = self.shape
+        idx = self.plan.mask_index
+        v = (idx // cols) / rows - 0.5
+        u = (idx % cols) / cols - 0.5
+        basis = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v]).astype(np.float64)
+        pinv = np.linalg.pinv(basis.T)  # (6, n_mask)
+        return np.ascontiguousarray(basis, dtype=np.float32), np.ascontiguousarray(pinv, dtype=np.float32)
+
+    def _pack_tables(self):
+        def offsets(parts):
+            return np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+
+        t = self.tables
+        self._pair_angle = np.ascontiguousarray(np.concatenate([x.pair_angle for x in t]))
+        self._pair_triad = np.ascontiguousarray(np.concatenate([x.pair_triad for x in t]))
+        self._pair_off = offsets([x.pair_angle for x in t])
+        self._ref = np.ascontiguousarray(np.concatenate([x.normals for x in t]))
+        self._ref_off = offsets([x.normals for x in t])
+        self._sym = np.ascontiguousarray(np.concatenate([x.symmetry for x in t]))
+        self._sym_off = offsets([x.symmetry for x in t])
+
+    @staticmethod
+    def _resolve_backend(backend: str) -> str:
+        if backend == "cpu":
+            return "cpu"
+        from operators.indexing import gpu
+
+        ok = gpu.cuda_available()
+        if backend == "cuda" and not ok:
+            raise BackendUnavailableError(
+                "backend", "'cuda' was asked for but CuPy with a CUDA device is not available",
+                "install cupy-cuda12x on a GPU machine, or use backend='cpu'",
+            )
+        return "cuda" if ok else "cpu"
+
+    # -------------------------------------------------------------- per chunk
+    def _check_patterns(self, patterns) -> np.ndarray:
+        pats = np.asarray(patterns)
+        if pats.ndim == 2 and pats.shape == self.shape:
+            pats = pats[None]
+        if pats.ndim < 3 or pats.shape[-2:] != self.shape:
+            raise SchemaError(
+                "patterns",
+                f"shape {pats.shape} does not end in the detector shape {self.shape}",
+                "pass (n, rows, cols) or (scan_y, scan_x, rows, cols) patterns matching detector.shape",
+            )
+        if not np.issubdtype(pats.dtype, np.number) or np.iscomplexobj(pats):
+            raise SchemaError("patterns", f"dtype {pats.dtype} is not real", "pass integer or float patterns")
+        return pats
+
+    def _chunk_pcs(self, n: int, pc, nav_indices) -> np.ndarray:
+        if pc is not None:
+            pcs = np.ascontiguousarray(np.asarray(pc, dtype=np.float64).reshape(-1, 3))
+            if pcs.shape[0] not in (1, n):
+                raise SchemaError("pc", f"{pcs.shape[0]} PCs for {n} patterns", "give one PC or one per pattern")
+            return pcs
+        if self.pcs.shape[0] == 1:
+            return self.pcs
+        if nav_indices is None:
+            if self.pcs.shape[0] != n:
+                raise SchemaError(
+                    "detector.pc",
+                    f"{self.pcs.shape[0]} per-pattern PCs but {n} patterns in this chunk",
+                    "pass nav_indices (flat scan indices of the chunk) or pc=... to index_chunk",
+                )
+            return self.pcs
+        return np.ascontiguousarray(self.pcs[np.asarray(nav_indices, dtype=np.int64).ravel()])
+
+    def index_chunk(self, patterns, pc=None, nav_indices=None) -> dict[str, np.ndarray]:
+        """Index a stack of patterns; plain arrays out.
+
+        Parameters
+        ----------
+        patterns
+            ``(n, rows, cols)`` (or ``(..., rows, cols)``) real array.
+        pc
+            Optional Bruker PC, ``(3,)`` or ``(n, 3)``, overriding the detector's.
+        nav_indices
+            Flat scan indices of the patterns, to pick their PCs when the
+            detector has one PC per scan point.
+
+        Returns
+        -------
+        dict
+            ``quaternion`` (n, 4) float64 orix ``(w, x, y, z)`` sample-to-crystal;
+            ``phase_id`` (n,) int32 (the ``PhaseList`` id, -1 not indexed);
+            ``fit`` (n,) float32 degrees; ``confidence`` (n,) float32 in [0, 1];
+            ``pattern_quality`` (n,) float32; ``n_bands`` (n,) int32.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kikuchipy.detectors import EBSDDetector
+        >>> from operators.crystallography import get_phase
+        >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((40, 50)), backend="cpu")
+        >>> sorted(ix.index_chunk(np.ones((1, 40, 50))))
+        ['confidence', 'fit', 'n_bands', 'pattern_quality', 'phase_id', 'quaternion']
+        """
+        pats = self._check_patterns(patterns)
+        pats = pats.reshape(-1, self.shape[0] * self.shape[1])
+        if not pats.flags.c_contiguous:
+            pats = np.ascontiguousarray(pats)
+        n = pats.shape[0]
+        pcs = self._chunk_pcs(n, pc, nav_indices)
+        if self.backend == "cuda":
+            from operators.indexing import gpu
+
+            out = gpu.index_chunk_cuda(self, pats, pcs)
+        else:
+            out = self._index_cpu(pats, pcs)
+        ids = np.asarray(self._phase_ids, dtype=np.int32)
+        local = out["phase_id"]
+        out["phase_id"] = np.where(local >= 0, ids[np.maximum(local, 0)], -1).astype(np.int32)
+        return out
+
+    def _index_cpu(self, pats: np.ndarray, pcs: np.ndarray) -> dict[str, np.ndarray]:
+        from operators.indexing.kernel import index_patterns_cpu
+
+        n = pats.shape[0]
+        if pats.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+            pats = pats.astype(np.float32)
+        quat = np.zeros((n, 4))
+        phase_id = np.full(n, -1, dtype=np.int32)
+        fit = np.zeros(n, dtype=np.float32)
+        conf = np.zeros(n, dtype=np.float32)
+        quality = np.zeros(n, dtype=np.float32)
+        nb_out = np.zeros(n, dtype=np.int32)
+        if n:
+            index_patterns_cpu(
+                pats, self.plan.mask_index, self._bg, self._bg_mode, self._dyn_basis, self._dyn_pinv,
+                self.plan.lut_bin, self.plan.lut_weight, self.plan.inv_count, self.valid,
+                self.k_rho, self.k_theta, self.plan.rho_step, pcs, self.shape[0], self.shape[1],
+                self.m_ds, self.n_bands, self._pair_angle, self._pair_triad, self._pair_off,
+                self._ref, self._ref_off, self._sym, self._sym_off,
+                np.radians(self.pair_tol), np.radians(self.match_tol),
+                quat, phase_id, fit, conf, quality, nb_out,
+            )
+        return dict(
+            quaternion=quat, phase_id=phase_id, fit=fit, confidence=conf,
+            pattern_quality=quality, n_bands=nb_out,
+        )
+
+    # ------------------------------------------------------------ whole scan
+    def index(self, patterns, step_sizes: tuple[float, float] = (1.0, 1.0)):
+        """Index a scan into an orix ``CrystalMap``.
+
+        Parameters
+        ----------
+        patterns
+            ``(n, rows, cols)`` or ``(scan_y, scan_x, rows, cols)``.
+        step_sizes
+            ``(dy, dx)`` for the map coordinates.
+
+        Returns
+        -------
+        orix.crystal_map.CrystalMap
+            With properties ``fit``, ``confidence``, ``pattern_quality``, ``n_bands``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kikuchipy.detectors import EBSDDetector
+        >>> from operators.crystallography import get_phase
+        >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((60, 60)), backend="cpu")
+        >>> ix.index(np.zeros((2, 3, 60, 60))).shape
+        (2, 3)
+        """
+        from orix.crystal_map import CrystalMap
+        from orix.quaternion import Rotation
+
+        pats = self._check_patterns(patterns)
+        nav = pats.shape[:-2]
+        flat = pats.reshape((-1,) + self.shape)
+        n = flat.shape[0]
+        if self.pcs.shape[0] not in (1, n):
+            raise SchemaError(
+                "detector.pc",
+                f"{self.pcs.shape[0]} projection centres for {n} patterns",
+                "give one PC, or one per pattern with the scan's navigation shape",
+            )
+        parts = []
+        for s in range(0, n, self.batch_size):
+            idx = np.arange(s, min(s + self.batch_size, n))
+            parts.append(self.index_chunk(flat[s : idx[-1] + 1], nav_indices=idx if self.pcs.shape[0] > 1 else None))
+        out = {k: np.concatenate([p[k] for p in parts]) for k in _OUTPUTS}
+        if len(nav) == 2:
+            ny, nx = nav
+        elif len(nav) == 1:
+            ny, nx = 1, nav[0]
+        else:
+            ny, nx = 1, n
+        yy, xx = np.mgrid[0:ny, 0:nx]
+        return CrystalMap(
+            rotations=Rotation(out["quaternion"]),
+            phase_id=out["phase_id"],
+            x=xx.ravel() * float(step_sizes[1]),
+            y=yy.ravel() * float(step_sizes[0]),
+            phase_list=self.phase_list.deepcopy(),
+            prop={
+                "fit": out["fit"],
+                "confidence": out["confidence"],
+                "pattern_quality": out["pattern_quality"],
+                "n_bands": out["n_bands"],
+            },
+            scan_unit="um",
+        )

@@ -266,8 +266,27 @@ class Operator:
         return left + right
 
     def finalize(self, partials: dict[str, Any], ctx: ChunkContext) -> dict[str, Any]:
-        """Turn merged partials of a pass into final outputs or next-pass state (default: identity)."""
+        """Turn merged partials of a pass into final outputs or next-pass state (default: identity).
+
+        Runs once per pass in the driver process, where ``ctx.constants`` is
+        ``None`` (constants live on workers).
+        """
         return partials
+
+    def result_attrs(self, spec: InputSpec) -> dict[str, Any]:
+        """JSON attributes stored with this step's results (default: none).
+
+        They go into the step's group attributes and its entry in the result
+        store's ``results`` record, e.g. ``{"phases": [...]}`` for a
+        ``crystal_map`` product or ``{"method": "pca"}`` for a decomposition
+        (see ``schemas.results``).
+
+        Examples
+        --------
+        >>> Operator().result_attrs(InputSpec((1, 1), (2, 2), np.dtype("uint8")))
+        {}
+        """
+        return {}
 
     # -- identity ------------------------------------------------------------
     def params(self) -> dict[str, Any]:

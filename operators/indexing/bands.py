@@ -95,7 +95,8 @@ def butterfly_block(radon, k_rho, k_theta, tmp, out):  # pragma: no cover - numb
 
 @nb.njit(cache=True, fastmath=True, nogil=True)
 def _value(f, valid, t, i, b, n_theta, n_rho):  # pragma: no cover - numba
-    # Periodic theta with rho mirrored across the seam.
+    # Periodic theta with rho mirrored across the seam. Returns (ok, value);
+    # no inf sentinel because fastmath assumes finite numbers.
     if t < 0:
         t += n_theta
         i = n_rho - 1 - i
@@ -103,10 +104,10 @@ def _value(f, valid, t, i, b, n_theta, n_rho):  # pragma: no cover - numba
         t -= n_theta
         i = n_rho - 1 - i
     if i < 0 or i >= n_rho:
-        return -np.inf
+        return False, 0.0
     if valid[t, i] == 0:
-        return -np.inf
-    return f[t, i, b]
+        return False, 0.0
+    return True, f[t, i, b]
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)
@@ -150,9 +151,9 @@ def find_peaks(f, valid, b, n_bands, out_t, out_r, out_h):  # pragma: no cover -
                 for di in range(-1, 2):
                     if dt == 0 and di == 0:
                         continue
-                    w = _value(f, valid, t + dt, i + di, b, n_theta, n_rho)
+                    ok, w = _value(f, valid, t + dt, i + di, b, n_theta, n_rho)
                     # Ties broken by position so a flat top yields one peak.
-                    if w > v or (w == v and (dt < 0 or (dt == 0 and di < 0))):
+                    if ok and (w > v or (w == v and (dt < 0 or (dt == 0 and di < 0)))):
                         is_max = False
                         break
                 if not is_max:
@@ -177,18 +178,18 @@ def find_peaks(f, valid, b, n_bands, out_t, out_r, out_h):  # pragma: no cover -
         t = ti[k]
         i = ri[k]
         c = out_h[k]
-        lo = _value(f, valid, t, i - 1, b, n_theta, n_rho)
-        hi = _value(f, valid, t, i + 1, b, n_theta, n_rho)
+        ok_lo, lo = _value(f, valid, t, i - 1, b, n_theta, n_rho)
+        ok_hi, hi = _value(f, valid, t, i + 1, b, n_theta, n_rho)
         di = 0.0
-        if np.isfinite(lo) and np.isfinite(hi):
+        if ok_lo and ok_hi:
             den = lo - 2.0 * c + hi
             if den < 0.0:
                 di = 0.5 * (lo - hi) / den
                 di = min(max(di, -0.5), 0.5)
-        lo = _value(f, valid, t - 1, i, b, n_theta, n_rho)
-        hi = _value(f, valid, t + 1, i, b, n_theta, n_rho)
+        ok_lo, lo = _value(f, valid, t - 1, i, b, n_theta, n_rho)
+        ok_hi, hi = _value(f, valid, t + 1, i, b, n_theta, n_rho)
         dt = 0.0
-        if np.isfinite(lo) and np.isfinite(hi):
+        if ok_lo and ok_hi:
             den = lo - 2.0 * c + hi
             if den < 0.0:
                 dt = 0.5 * (lo - hi) / den

@@ -114,10 +114,12 @@ class HoughIndexer:
         rho_step: float = 1.0,
         mask_radius: float | None = 1.0,
         rho_mask_frac: float = 0.1,
+        norm_power: float = 1.0,
         sigma_rho: float | None = None,
         sigma_theta: float = 1.0,
         pair_tol: float = 2.0,
         match_tol: float = 2.5,
+        weight_fit: bool = True,
         n_reflectors: int | None | list = None,
         static_background: np.ndarray | None = None,
         background_mode: str = "subtract",
@@ -139,16 +141,17 @@ class HoughIndexer:
         self.n_bands = int(n_bands)
         self.pair_tol = float(pair_tol)
         self.match_tol = float(match_tol)
+        self.weight_fit = bool(weight_fit)
         self.batch_size = int(batch_size)
         self.options: dict[str, Any] = dict(
             n_bands=n_bands, n_theta=n_theta, rho_step=rho_step, mask_radius=mask_radius,
-            rho_mask_frac=rho_mask_frac, sigma_rho=sigma_rho, sigma_theta=sigma_theta,
+            rho_mask_frac=rho_mask_frac, norm_power=norm_power, sigma_rho=sigma_rho, sigma_theta=sigma_theta,
             pair_tol=pair_tol, match_tol=match_tol, n_reflectors=n_reflectors,
             background_mode=background_mode, dynamic_background=dynamic_background, backend=backend,
         )
 
         # Built once: everything below is reused by every call.
-        self.plan: RadonPlan = make_radon_plan(self.shape, n_theta, rho_step, mask_radius, rho_mask_frac)
+        self.plan: RadonPlan = make_radon_plan(self.shape, n_theta, rho_step, mask_radius, rho_mask_frac, norm_power)
         if sigma_rho is None:
             sigma_rho = max(1.0, 1.2 * min(self.shape) / 60.0 / rho_step)
         self.k_rho, self.k_theta = butterfly_kernels(float(sigma_rho), float(sigma_theta))
@@ -328,7 +331,7 @@ class HoughIndexer:
                 self.k_rho, self.k_theta, self.plan.rho_step, pcs, self.shape[0], self.shape[1],
                 self.m_ds, self.n_bands, self._pair_angle, self._pair_triad, self._pair_off,
                 self._ref, self._ref_off, self._sym, self._sym_off,
-                np.radians(self.pair_tol), np.radians(self.match_tol),
+                np.radians(self.pair_tol), np.radians(self.match_tol), self.weight_fit,
                 quat, phase_id, fit, conf, quality, nb_out,
             )
         return dict(

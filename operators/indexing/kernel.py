@@ -77,125 +77,116 @@ def prepare_block(pats, start, stop, mask_index, bg, bg_mode, dyn_basis, dyn_pin
             x[p, b] = (x[p, b] - mean) * inv
 
 
-@nb.njit(cache=True, fastmath=True, parallel=True)
-def index_patterns_cpu(
-    pats,
-    mask_index,
-    bg,
-    bg_mode,
-    dyn_basis,
-    dyn_pinv,
-    lut_bin,
-    lut_weight,
-    inv_count,
-    valid,
-    k_rho,
-    k_theta,
-    rho_step,
-    pcs,
-    nrows,
-    ncols,
-    m_ds,
-    n_bands,
-    pair_angle,
-    pair_triad,
-    pair_off,
-    ref,
-    ref_off,
-    sym,
-    sym_off,
-    pair_tol,
-    match_tol,
-    quat,
-    phase_id,
-    fit,
-    conf,
-    quality,
-    nbands_out,
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def _index_block(
+    start, stop, pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight,
+    inv_count, valid, k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands,
+    pair_angle, pair_triad, pair_off, ref, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit,
+    quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
-    """Index ``pats`` ((n, rows*cols), any real dtype) in place into the outputs.
-
-    All phase tables are concatenated with offsets ``*_off`` (length
-    ``n_phases + 1``). ``pcs`` is ``(1, 3)`` or ``(n, 3)``.
-    """
-    n = pats.shape[0]
+    # A separate function so that numba's parfor pass cannot hoist the
+    # scratch allocations out of the parallel loop (they would be shared by
+    # all threads).
     n_theta, n_rho = inv_count.shape
     n_mask = mask_index.size
-    n_blocks = (n + BLOCK - 1) // BLOCK
     n_phases = pair_off.size - 1
     theta_step = np.pi / n_theta
     half = (n_rho - 1) / 2.0
     cap = 4096
+    x = np.empty((n_mask, BLOCK), dtype=np.float32)
+    rad = np.empty((n_theta, n_rho, BLOCK), dtype=np.float32)
+    tmp = np.empty((n_theta, n_rho, BLOCK), dtype=np.float32)
+    filt = np.empty((n_theta, n_rho, BLOCK), dtype=np.float32)
+    prepare_block(pats, start, stop, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, x)
+    radon_block(x, lut_bin, lut_weight, inv_count, rad)
+    butterfly_block(rad, k_rho, k_theta, tmp, filt)
+    pk_t = np.empty(n_bands)
+    pk_r = np.empty(n_bands)
+    pk_h = np.empty(n_bands)
+    rho = np.empty(n_bands)
+    theta = np.empty(n_bands)
+    normals = np.empty((n_bands, 3))
+    weights = np.empty(n_bands)
+    r_best = np.empty((3, 3))
+    r_phase = np.empty((3, 3))
+    cand_r = np.empty((cap, 3, 3))
+    cand_score = np.empty(cap, dtype=np.int64)
+    q = np.empty(4)
+    for b in range(stop - start):
+        s = start + b
+        nfound = find_peaks(filt, valid, b, n_bands, pk_t, pk_r, pk_h)
+        nbands_out[s] = nfound
+        hsum = 0.0
+        for k in range(nfound):
+            hsum += pk_h[k]
+            # Stronger peaks are located more precisely: weight the fit by height.
+            weights[k] = pk_h[k] if weight_fit else 1.0
+            theta[k] = pk_t[k] * theta_step
+            rho[k] = (pk_r[k] - half) * rho_step
+        quality[s] = hsum / nfound if nfound > 0 else 0.0
+        pc = pcs[s] if pcs.shape[0] > 1 else pcs[0]
+        band_normals(rho, theta, nfound, pc, nrows, ncols, m_ds, normals)
+        best_cnt = -1
+        best_fit = 180.0
+        best_conf = 0.0
+        best_phase = -1
+        if nfound >= 3:
+            for ph in range(n_phases):
+                cnt, f, c = vote_orientation(
+                    normals,
+                    nfound,
+                    weights,
+                    pair_angle[pair_off[ph] : pair_off[ph + 1]],
+                    pair_triad[pair_off[ph] : pair_off[ph + 1]],
+                    ref[ref_off[ph] : ref_off[ph + 1]],
+                    sym[sym_off[ph] : sym_off[ph + 1]],
+                    pair_tol,
+                    match_tol,
+                    r_phase,
+                    cand_r,
+                    cand_score,
+                )
+                if cnt >= 3 and (cnt > best_cnt or (cnt == best_cnt and f < best_fit)):
+                    best_cnt = cnt
+                    best_fit = f
+                    best_conf = c
+                    best_phase = ph
+                    r_best[:, :] = r_phase
+        if best_phase >= 0:
+            # Sample->crystal is the transpose of the crystal->sample hypothesis.
+            matrix_to_quaternion(r_best.T, q)
+            for a in range(4):
+                quat[s, a] = q[a]
+        else:
+            quat[s, 0] = 1.0
+            quat[s, 1] = 0.0
+            quat[s, 2] = 0.0
+            quat[s, 3] = 0.0
+        phase_id[s] = best_phase
+        fit[s] = best_fit
+        conf[s] = best_conf
+
+
+@nb.njit(cache=True, fastmath=True, parallel=True)
+def index_patterns_cpu(
+    pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight, inv_count, valid,
+    k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands, pair_angle, pair_triad, pair_off,
+    ref, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit, quat, phase_id, fit, conf, quality, nbands_out,
+):  # pragma: no cover - numba
+    """Index ``pats`` ((n, rows*cols), any real dtype) in place into the outputs.
+
+    All phase tables are concatenated with offsets ``*_off`` (length
+    ``n_phases + 1``). ``pcs`` is ``(1, 3)`` or ``(n, 3)``. Blocks of
+    :data:`BLOCK` patterns run in parallel.
+    """
+    n = pats.shape[0]
+    n_blocks = (n + BLOCK - 1) // BLOCK
     for blk in nb.prange(n_blocks):
         start = blk * BLOCK
         stop = min(start + BLOCK, n)
-        x = np.empty((n_mask, BLOCK), dtype=np.float32)
-        rad = np.empty((n_theta, n_rho, BLOCK), dtype=np.float32)
-        tmp = np.empty((n_theta, n_rho, BLOCK), dtype=np.float32)
-        filt = np.empty((n_theta, n_rho, BLOCK), dtype=np.float32)
-        prepare_block(pats, start, stop, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, x)
-        radon_block(x, lut_bin, lut_weight, inv_count, rad)
-        butterfly_block(rad, k_rho, k_theta, tmp, filt)
-        pk_t = np.empty(n_bands)
-        pk_r = np.empty(n_bands)
-        pk_h = np.empty(n_bands)
-        rho = np.empty(n_bands)
-        theta = np.empty(n_bands)
-        normals = np.empty((n_bands, 3))
-        weights = np.ones(n_bands)
-        r_best = np.empty((3, 3))
-        r_phase = np.empty((3, 3))
-        cand_r = np.empty((cap, 3, 3))
-        cand_score = np.empty(cap, dtype=np.int64)
-        q = np.empty(4)
-        for b in range(stop - start):
-            s = start + b
-            nfound = find_peaks(filt, valid, b, n_bands, pk_t, pk_r, pk_h)
-            nbands_out[s] = nfound
-            hsum = 0.0
-            for k in range(nfound):
-                hsum += pk_h[k]
-                theta[k] = pk_t[k] * theta_step
-                rho[k] = (pk_r[k] - half) * rho_step
-            quality[s] = hsum / nfound if nfound > 0 else 0.0
-            pc = pcs[s] if pcs.shape[0] > 1 else pcs[0]
-            band_normals(rho, theta, nfound, pc, nrows, ncols, m_ds, normals)
-            best_cnt = -1
-            best_fit = 180.0
-            best_conf = 0.0
-            best_phase = -1
-            if nfound >= 3:
-                for ph in range(n_phases):
-                    cnt, f, c = vote_orientation(
-                        normals,
-                        nfound,
-                        weights,
-                        pair_angle[pair_off[ph] : pair_off[ph + 1]],
-                        pair_triad[pair_off[ph] : pair_off[ph + 1]],
-                        ref[ref_off[ph] : ref_off[ph + 1]],
-                        sym[sym_off[ph] : sym_off[ph + 1]],
-                        pair_tol,
-                        match_tol,
-                        r_phase,
-                        cand_r,
-                        cand_score,
-                    )
-                    if cnt >= 3 and (cnt > best_cnt or (cnt == best_cnt and f < best_fit)):
-                        best_cnt = cnt
-                        best_fit = f
-                        best_conf = c
-                        best_phase = ph
-                        r_best[:, :] = r_phase
-            if best_phase >= 0:
-                # Sample->crystal is the transpose of the crystal->sample hypothesis.
-                matrix_to_quaternion(r_best.T, q)
-                for a in range(4):
-                    quat[s, a] = q[a]
-            else:
-                quat[s, 0] = 1.0
-                quat[s, 1] = 0.0
-                quat[s, 2] = 0.0
-                quat[s, 3] = 0.0
-            phase_id[s] = best_phase
-            fit[s] = best_fit
-            conf[s] = best_conf
+        _index_block(
+            start, stop, pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight,
+            inv_count, valid, k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands,
+            pair_angle, pair_triad, pair_off, ref, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit,
+            quat, phase_id, fit, conf, quality, nbands_out,
+        )

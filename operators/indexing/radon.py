@@ -77,6 +77,7 @@ def make_radon_plan(
     rho_step: float = 1.0,
     mask_radius: float | None = 1.0,
     rho_mask_frac: float = 0.1,
+    norm_power: float = 1.0,
 ) -> RadonPlan:
     """Build the Radon look-up table for a detector shape.
 
@@ -93,6 +94,10 @@ def make_radon_plan(
         ``None`` uses the whole rectangle.
     rho_mask_frac
         Fraction of the largest ``|rho|`` that is ignored (short, noisy lines).
+    norm_power
+        Each bin is divided by its line length to this power: 1 gives line
+        means, 0.5 gives sums in units of their own noise (white noise), which
+        ranks long, reliable lines higher.
 
     Returns
     -------
@@ -136,7 +141,7 @@ def make_radon_plan(
     # A line shorter than a fifth of the mask diameter carries too few pixels.
     min_len = max(3.0, 0.2 * 2 * rho_max)
     ok = (count >= min_len) & (np.abs(rho)[None, :] <= (1.0 - rho_mask_frac) * rho_max)
-    inv_count = np.where(ok, 1.0 / np.maximum(count, 1e-12), 0.0).astype(np.float32)
+    inv_count = np.where(ok, np.maximum(count, 1e-12) ** -norm_power, 0.0).astype(np.float32)
     return RadonPlan(
         shape=(nrows, ncols),
         mask_index=mask_index,

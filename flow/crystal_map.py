@@ -1,0 +1,576 @@
+"""Convert between orix ``CrystalMap`` and diffraflow crystal-map result stores.
+
+A crystal-map result store is a Zarr v3 group with the marker
+``diffraflow = {"kind": "result", "complete": true}`` and a ``results``
+record naming the product::
+
+    results:
+      crystal_map:
+        product: crystal_map
+        operator: hough_index          # what made it ("import" for converted maps)
+        variables: [rotation, phase_id, fit, confidence, pattern_quality, n_bands]
+        phases: [{id: 0, name: ni, space_group: 225, lattice: [nm...], ...}, ...]
+        step_size: {y: 1.5, x: 1.5, unit: um}
+        scan: {...}                    # the source cube's ScanAttrs, or null
+        properties: [detector_signal]  # extra per-point maps under properties/
+
+Variables are those of :data:`schemas.results.PRODUCTS` ``["crystal_map"]``
+with explicit ``dimension_names``: ``rotation (scan_y, scan_x, quat)`` orix
+scalar-first unit quaternions, ``phase_id (scan_y, scan_x)`` int32 equal to a
+phase record's ``id`` (ids are renumbered ``0..n-1`` in phase-list order, so the
+id is also the position in ``phases``; ``-1`` = not indexed), ``fit``,
+``confidence``, ``pattern_quality`` float32 and ``n_bands`` int32. Missing
+properties are stored as NaN (0 for ``n_bands``).
+
+Like a scan cube, the store is written under a hidden temporary name and
+renamed when complete, so an interrupted writer never leaves a store that
+looks finished. :class:`CrystalMapStoreWriter` writes row blocks as they are
+computed (``diffraflow index`` streams through it);
+:func:`write_crystal_map_store` writes a whole orix ``CrystalMap``.
+
+Examples
+--------
+>>> import numpy as np, tempfile, pathlib
+>>> from orix.crystal_map import CrystalMap, Phase, PhaseList
+>>> from orix.quaternion import Rotation
+>>> xmap = CrystalMap(Rotation.identity(6), phase_id=np.array([0, 0, 0, -1, 0, 0]),
+...                   x=np.tile(np.arange(3.0), 2), y=np.repeat(np.arange(2.0), 3),
+...                   phase_list=PhaseList(Phase("ni", point_group="m-3m")))
+>>> out = write_crystal_map_store(xmap, pathlib.Path(tempfile.mkdtemp()) / "cm.zarr")
+>>> back = read_crystal_map(out)
+>>> back.shape, back.phase_id.tolist()
+((2, 3), [0, 0, 0, -1, 0, 0])
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.cube import ScanAttrs, StoreMarker, validate_scan_attrs
+from schemas.errors import OutputExistsError, SchemaError
+from schemas.results import PRODUCTS, validate_result_group
+
+__all__ = [
+    "CRYSTAL_MAP_VARIABLES",
+    "PROPERTY_ALIASES",
+    "CrystalMapStoreWriter",
+    "crystal_map_grid",
+    "phase_records_from_phase_list",
+    "write_crystal_map_store",
+    "read_crystal_map",
+    "read_crystal_map_record",
+]
+
+#: Variable names of the crystal-map product, in storage order.
+CRYSTAL_MAP_VARIABLES: tuple[str, ...] = tuple(PRODUCTS["crystal_map"].variables)
+#: Per-point property variables and the CrystalMap property names accepted for them
+#: (lower case, underscores removed), in order of preference.
+PROPERTY_ALIASES: dict[str, tuple[str, ...]] = {
+    "fit": ("fit", "patternfit", "mad"),
+    "confidence": ("confidence", "ci", "confidenceindex", "scores", "correlation", "dp"),
+    "pattern_quality": ("patternquality", "iq", "imagequality", "bc"),
+    "n_bands": ("nbands", "bands"),
+}
+_DTYPES = {"rotation": np.float64, "phase_id": np.int32, "fit": np.float32, "confidence": np.float32,
+           "pattern_quality": np.float32, "n_bands": np.int32}
+_RESERVED = ("product", "operator", "variables", "phases", "step_size", "scan", "properties", "prefix")
+#: Points per chunk of the 2-D variables (the rotation chunk is then 8 MiB).
+_CHUNK_POINTS = 1 << 18
+
+
+def _normalise_name(name: str) -> str:
+    return name.lower().replace("_", "").replace(" ", "")
+
+
+def find_property(prop_names, variable: str) -> str | None:
+    """The CrystalMap property that holds ``variable`` (see :data:`PROPERTY_ALIASES`), or None.
+
+    Examples
+    --------
+    >>> find_property(["iq", "ci", "fit"], "confidence")
+    'ci'
+    >>> find_property(["iq"], "n_bands") is None
+    True
+    """
+    lookup = {_normalise_name(n): n for n in prop_names}
+    for alias in PROPERTY_ALIASES[variable]:
+        if alias in lookup:
+            return lookup[alias]
+    return None
+
+
+def _lattice_nm(lattice: list[float] | None) -> list[float] | None:
+    """Lattice in nm: orix phases read from .ang/.ctf files carry Angstrom."""
+    if lattice is None:
+        return None
+    a, b, c, *angles = (float(v) for v in lattice)
+    if max(a, b, c) > 1.5:  # same rule as operators.crystallography for CIF files
+        a, b, c = a / 10, b / 10, c / 10
+    return [a, b, c, *angles]
+
+
+def phase_records_from_phase_list(phase_list) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """Phase records (ids ``0..n-1``) for an orix ``PhaseList`` and the id renumbering.
+
+    The not-indexed phase (id -1) is left out. Lattices in Angstrom (any edge
+    over 1.5) are converted to nm.
+
+    Returns
+    -------
+    records
+        One :class:`~schemas.cube.PhaseRecord` dump per phase.
+    mapping
+        ``{orix phase id: stored phase id}``.
+
+    Examples
+    --------
+    >>> from orix.crystal_map import Phase, PhaseList
+    >>> recs, mapping = phase_records_from_phase_list(PhaseList(names=["a", "b"], point_groups=["432", "432"], ids=[1, 2]))
+    >>> [r["name"] for r in recs], mapping
+    (['a', 'b'], {1: 0, 2: 1})
+    """
+    from operators.crystallography.phases import phase_to_record
+    from schemas.cube import PhaseRecord
+
+    records: list[dict[str, Any]] = []
+    mapping: dict[int, int] = {}
+    for orix_id, phase in phase_list:
+        if int(orix_id) < 0:
+            continue
+        record = phase_to_record(phase)
+        record["lattice"] = _lattice_nm(record.get("lattice"))
+        record["name"] = record["name"] or f"phase{len(records)}"
+        record["id"] = len(records)
+        mapping[int(orix_id)] = len(records)
+        records.append(PhaseRecord.model_validate(record).model_dump(mode="json"))
+    return records, mapping
+
+
+def crystal_map_grid(xmap) -> dict[str, Any]:
+    """Regular-grid arrays ``(ny, nx)`` of an orix ``CrystalMap``.
+
+    Points not in the map's data (after masking/slicing) become not indexed.
+    Only the best rotation per point is kept.
+
+    Returns
+    -------
+    dict
+        ``rotation`` (ny, nx, 4), ``phase_id`` (ny, nx) in *orix* ids,
+        ``fit``/``confidence``/``pattern_quality``/``n_bands`` when present,
+        ``properties`` (other scalar props), ``step`` ``(dy, dx)``, ``unit``.
+
+    Examples
+    --------
+    >>> from orix.crystal_map import CrystalMap
+    >>> from orix.quaternion import Rotation
+    >>> crystal_map_grid(CrystalMap(Rotation.identity(4)))["rotation"].shape
+    (1, 4, 4)
+    """
+    shape = tuple(int(s) for s in xmap.shape)
+    ny, nx = (1, shape[0]) if len(shape) == 1 else shape[-2:]
+    if len(shape) > 2:
+        raise SchemaError("crystal map", f"{len(shape)}-d map of shape {shape}",
+                          "pass a 1-D or 2-D CrystalMap (one slice of a 3-D map)")
+    rows = np.zeros(xmap.size, dtype=np.int64) if len(shape) == 1 else np.asarray(xmap.row, dtype=np.int64)
+    cols = np.asarray(xmap.col, dtype=np.int64)
+    quat = np.asarray(xmap.rotations.data, dtype=np.float64).reshape(xmap.size, -1, 4)[:, 0]
+    rotation = np.zeros((ny, nx, 4))
+    rotation[..., 0] = 1.0
+    rotation[rows, cols] = quat
+    phase_id = np.full((ny, nx), -1, dtype=np.int32)
+    phase_id[rows, cols] = np.asarray(xmap.phase_id, dtype=np.int32)
+    out: dict[str, Any] = {"rotation": rotation, "phase_id": phase_id, "properties": {}}
+    used = set()
+    for variable in ("fit", "confidence", "pattern_quality", "n_bands"):
+        name = find_property(xmap.prop.keys(), variable)
+        if name is None:
+            continue
+        used.add(name)
+        out[variable] = _prop_grid(xmap, name, rows, cols, (ny, nx), variable == "n_bands")
+    for name in xmap.prop.keys():
+        if name not in used:
+            values = np.asarray(xmap.prop[name])
+            if values.ndim == 1 and values.dtype.kind in "iufb":
+                out["properties"][name] = _prop_grid(xmap, name, rows, cols, (ny, nx), values.dtype.kind in "iub")
+    dy, dx = float(xmap.dy or 0), float(xmap.dx or 0)
+    dx = dx if dx > 0 else 1.0
+    dy = dy if dy > 0 else dx
+    out["step"] = (dy, dx)
+    out["unit"] = xmap.scan_unit if xmap.scan_unit in ("um", "nm") else "um"
+    return out
+
+
+def _prop_grid(xmap, name, rows, cols, shape, integer: bool) -> np.ndarray:
+    values = np.asarray(xmap.prop[name])
+    if values.ndim > 1:
+        values = values.reshape(len(values), -1)[:, 0]
+    grid = np.zeros(shape, dtype=np.int32) if integer else np.full(shape, np.nan, dtype=np.float32)
+    grid[rows, cols] = values
+    return grid
+
+
+class CrystalMapStoreWriter:
+    """Write a crystal-map result store block by block.
+
+    Parameters
+    ----------
+    path
+        Final ``.zarr`` path; written under ``.NAME.partial-PID`` until
+        :meth:`finalize`.
+    shape
+        ``(scan_y, scan_x)``.
+    phases
+        Phase records (dicts with ``id`` ``0..n-1`` in order), e.g. from
+        :func:`phase_records_from_phase_list`.
+    step_size
+        ``(dy, dx)``, in ``unit``.
+    scan_attrs
+        The source cube's :class:`~schemas.cube.ScanAttrs` (dict or model), kept
+        in the record; its ``step_size`` wins over ``step_size``.
+    operator
+        What produced the map (``"hough_index"``, ``"import"``...).
+    properties
+        Names of extra per-point float maps stored under ``properties/``.
+    overwrite
+        Replace an existing store, once the new one is complete.
+    extra_attrs
+        More entries for the product record (e.g. indexing parameters);
+        reserved keys are refused.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "w.zarr"
+    >>> w = CrystalMapStoreWriter(out, (2, 2), [{"id": 0, "name": "ni", "point_group": "m-3m"}])
+    >>> w.write_rows(0, {"rotation": np.tile([1.0, 0, 0, 0], (2, 2, 1)), "phase_id": np.zeros((2, 2), int)})
+    >>> w.finalize().name
+    'w.zarr'
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, int], phases: list[dict[str, Any]],
+                 step_size: tuple[float, float] = (1.0, 1.0), unit: str = "um",
+                 scan_attrs: ScanAttrs | Mapping[str, Any] | None = None, operator: str | None = None,
+                 properties: tuple[str, ...] | list[str] = (), overwrite: bool = False,
+                 extra_attrs: Mapping[str, Any] | None = None) -> None:
+        import zarr
+
+        from flow.store import prepare_output_path
+        from schemas.cube import PhaseRecord
+
+        self.final, self.temp = prepare_output_path(path, overwrite)
+        self.overwrite = overwrite
+        self.where = str(self.final)
+        self.shape = (int(shape[0]), int(shape[1]))
+        if min(self.shape) < 1:
+            raise SchemaError(f"{self.where}: shape", f"empty map shape {list(self.shape)}",
+                              "pass a map with at least one point")
+        records = [PhaseRecord.model_validate(dict(p)).model_dump(mode="json") for p in phases]
+        ids = [r["id"] for r in records]
+        if ids != list(range(len(records))):
+            raise SchemaError(f"{self.where}: phases", f"phase ids must be 0..{len(records) - 1} in order, got {ids}",
+                              "renumber the phases (phase_records_from_phase_list does)")
+        self.n_phases = len(records)
+        scan: dict[str, Any] | None = None
+        if scan_attrs is not None:
+            validated = validate_scan_attrs(scan_attrs if isinstance(scan_attrs, ScanAttrs) else dict(scan_attrs), where=f"{self.where}: scan")
+            scan = validated.model_dump(mode="json")
+            step_size = (validated.step_size.y, validated.step_size.x)
+            unit = validated.step_size.unit
+        extra = dict(extra_attrs or {})
+        clash = sorted(set(extra) & set(_RESERVED))
+        if clash:
+            raise SchemaError(f"{self.where}: extra_attrs", f"reserved keys {clash}",
+                              "rename these entries; they are written by the crystal-map writer")
+        self.properties = tuple(properties)
+        record = {
+            "product": "crystal_map",
+            "operator": operator,
+            "variables": list(CRYSTAL_MAP_VARIABLES),
+            "phases": records,
+            "step_size": {"y": float(step_size[0]), "x": float(step_size[1]), "unit": unit},
+            "scan": scan,
+            "properties": list(self.properties),
+            **extra,
+        }
+        if self.temp.exists():
+            shutil.rmtree(self.temp)
+        self.group = zarr.open_group(str(self.temp), mode="w", zarr_format=3)
+        self.group.attrs.update({"diffraflow": StoreMarker(kind="result").model_dump(), "results": {"crystal_map": record}})
+        ny, nx = self.shape
+        rows = int(max(1, min(ny, _CHUNK_POINTS // nx)))
+        self.arrays = {}
+        for name, spec in PRODUCTS["crystal_map"].variables.items():
+            dtype = np.dtype(_DTYPES[name])
+            arr_shape = self.shape + ((4,) if name == "rotation" else ())
+            chunks = (rows, nx) + ((4,) if name == "rotation" else ())
+            fill = np.nan if dtype.kind == "f" and name != "rotation" else (-1 if name == "phase_id" else 0)
+            self.arrays[name] = self.group.create_array(
+                name, shape=arr_shape, chunks=chunks, dtype=dtype, dimension_names=list(spec.dims),
+                fill_value=fill, attributes={"description": spec.description})
+        if self.properties:
+            sub = self.group.create_group("properties")
+            for name in self.properties:
+                self.arrays[f"properties/{name}"] = sub.create_array(
+                    name, shape=self.shape, chunks=(rows, nx), dtype="float32",
+                    dimension_names=["scan_y", "scan_x"], fill_value=np.nan)
+        # Identity rotations where nothing is written.
+        self._finalized = False
+
+    def write_rows(self, y0: int, arrays: Mapping[str, np.ndarray], x0: int = 0) -> None:
+        """Write a block ``[y0:y0+h, x0:x0+w]`` of some or all variables.
+
+        Parameters
+        ----------
+        y0, x0
+            Top-left corner of the block.
+        arrays
+            Variable name (or ``properties/NAME`` or a bare extra property
+            name) to an array of shape ``(h, w)`` (``(h, w, 4)`` for
+            ``rotation``), or flat ``(h*w, ...)`` with ``x0 = 0`` and full rows.
+        """
+        if self._finalized:
+            raise SchemaError(self.where, "store is already finalized", "create a new writer")
+        for name, data in arrays.items():
+            key = name if name in self.arrays else f"properties/{name}"
+            if key not in self.arrays:
+                raise SchemaError(f"{self.where}: {name}", "unknown crystal-map variable",
+                                  f"use one of {', '.join(self.arrays)}")
+            arr = self.arrays[key]
+            data = np.asarray(data)
+            tail = arr.shape[2:]
+            if data.ndim == 1 + len(tail):  # flat points: full rows
+                if data.shape[0] % self.shape[1] or x0:
+                    raise SchemaError(f"{self.where}: {name}", f"{data.shape[0]} flat points are not whole rows "
+                                      f"of {self.shape[1]}", "pass (rows, cols) blocks")
+                data = data.reshape(-1, self.shape[1], *tail)
+            h, w = data.shape[:2]
+            if y0 < 0 or x0 < 0 or y0 + h > self.shape[0] or x0 + w > self.shape[1] or data.shape[2:] != tail:
+                raise SchemaError(f"{self.where}: {name}", f"block {list(data.shape)} at ({y0}, {x0}) does not fit "
+                                  f"the map {list(arr.shape)}", "check the block position and shape")
+            if name == "phase_id":
+                bad = (data < -1) | (data >= self.n_phases)
+                if bad.any():
+                    raise SchemaError(f"{self.where}: phase_id", f"value {int(data[bad].flat[0])} is not a phase id "
+                                      f"(0..{self.n_phases - 1}) or -1", "renumber phase ids with the phase records")
+            arr[y0:y0 + h, x0:x0 + w] = data.astype(arr.dtype, copy=False)
+
+    def finalize(self) -> Path:
+        """Validate, mark complete and move the store to its final name.
+
+        Returns
+        -------
+        pathlib.Path
+            The final store path.
+        """
+        validate_result_group(self.group, where=self.where)
+        self.group.attrs["diffraflow"] = StoreMarker(kind="result", complete=True).model_dump()
+        if self.final.exists():
+            if not self.overwrite:
+                raise OutputExistsError(self.where, "output appeared while writing",
+                                        "choose another name, or pass --overwrite")
+            trash = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
+            os.replace(self.final, trash)
+            os.replace(self.temp, self.final)
+            if trash.is_dir():
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                trash.unlink(missing_ok=True)
+        else:
+            os.replace(self.temp, self.final)
+        self._finalized = True
+        return self.final
+
+    def abort(self) -> None:
+        """Delete the partial store."""
+        if not self._finalized:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+    def __enter__(self) -> CrystalMapStoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._finalized:
+            self.abort()
+
+
+def write_crystal_map_store(xmap, path: str | os.PathLike, scan_attrs: ScanAttrs | Mapping[str, Any] | None = None,
+                            overwrite: bool = False, extra_attrs: Mapping[str, Any] | None = None,
+                            operator: str | None = "import") -> Path:
+    """Write an orix ``CrystalMap`` as a diffraflow crystal-map result store.
+
+    Parameters
+    ----------
+    xmap
+        1-D or 2-D orix ``CrystalMap``. Properties named like ``fit``,
+        ``confidence`` (or ``ci``), ``pattern_quality`` (or ``iq``), ``n_bands``
+        (see :data:`PROPERTY_ALIASES`) fill those variables; other scalar
+        properties are kept under ``properties/``.
+    path
+        Output ``.zarr`` path.
+    scan_attrs
+        Scan metadata of the source cube, kept in the product record (its step
+        size wins over the map's).
+    overwrite
+        Replace an existing store.
+    extra_attrs
+        More entries of the product record.
+    operator
+        What produced the map.
+
+    Returns
+    -------
+    pathlib.Path
+        The store path.
+
+    Examples
+    --------
+    >>> # write_crystal_map_store(orix.io.load("map.ang"), "map.zarr")
+    """
+    grid = crystal_map_grid(xmap)
+    records, mapping = phase_records_from_phase_list(xmap.phases)
+    phase_id = grid["phase_id"]
+    stored_id = np.full(phase_id.shape, -1, dtype=np.int32)
+    for orix_id, new_id in mapping.items():
+        stored_id[phase_id == orix_id] = new_id
+    blocks = {"rotation": grid["rotation"], "phase_id": stored_id}
+    for name in ("fit", "confidence", "pattern_quality", "n_bands"):
+        if name in grid:
+            blocks[name] = grid[name]
+    blocks.update(grid["properties"])
+    with CrystalMapStoreWriter(path, stored_id.shape, records, grid["step"], grid["unit"], scan_attrs=scan_attrs,
+                               operator=operator, properties=list(grid["properties"]), overwrite=overwrite,
+                               extra_attrs=extra_attrs) as writer:
+        if "n_bands" not in blocks:
+            blocks["n_bands"] = np.zeros(stored_id.shape, dtype=np.int32)
+        writer.write_rows(0, blocks)
+        return writer.finalize()
+
+
+def read_crystal_map_record(path: str | os.PathLike, key: str | None = None):
+    """Open a crystal-map result store; return ``(group, key, record)``.
+
+    Parameters
+    ----------
+    path
+        The result store.
+    key
+        Which entry of ``results`` (needed only when a store holds several
+        crystal maps).
+
+    Raises
+    ------
+    SchemaError
+        The store is not a result store or holds no crystal map.
+
+    Examples
+    --------
+    >>> read_crystal_map_record("/nonexistent.zarr")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    """
+    from flow.store import open_group_checked
+
+    group = open_group_checked(path)
+    marker = StoreMarker.model_validate(group.attrs["diffraflow"])
+    if marker.kind != "result":
+        raise SchemaError(str(path), f"is a {marker.kind} store, not a crystal map",
+                          "pass a result store made by 'diffraflow index' or 'diffraflow run'")
+    results = dict(group.attrs.get("results", {}))
+    maps = {k: dict(v) for k, v in results.items() if dict(v).get("product", k) == "crystal_map"}
+    if not maps:
+        raise SchemaError(str(path), f"result store holds no crystal map (products: {', '.join(results) or 'none'})",
+                          "pass a store written by 'diffraflow index' or by a pipeline with an indexing step")
+    if key is None:
+        if len(maps) > 1:
+            raise SchemaError(str(path), f"result store holds several crystal maps: {', '.join(maps)}",
+                              "name the one to read")
+        key = next(iter(maps))
+    elif key not in maps:
+        raise SchemaError(str(path), f"no crystal map {key!r} (has {', '.join(maps)})", "pick one of those")
+    record = maps[key]
+    validate_result_group(group, where=str(path))
+    return group, key, record
+
+
+def read_crystal_map(path: str | os.PathLike, key: str | None = None):
+    """Read a crystal-map result store as an orix ``CrystalMap``.
+
+    Parameters
+    ----------
+    path
+        The result store.
+    key
+        Which crystal map, when the store holds several.
+
+    Returns
+    -------
+    orix.crystal_map.CrystalMap
+        2-D map with phase ids as stored (``-1`` not indexed; the not-indexed
+        phase is added to the phase list by orix), properties ``fit``,
+        ``confidence``, ``pattern_quality``, ``n_bands`` and any extra
+        properties; coordinates from the stored step size.
+
+    Examples
+    --------
+    >>> # xmap = read_crystal_map("result.zarr"); xmap.plot()
+    """
+    from orix.crystal_map import CrystalMap, PhaseList, create_coordinate_arrays
+    from orix.quaternion import Rotation
+
+    from operators.crystallography.phases import phase_from_record
+
+    group, _, record = read_crystal_map_record(path, key)
+    target = group[record["prefix"]] if record.get("prefix") else group
+    rotation = np.asarray(target["rotation"][...], dtype=np.float64)
+    ny, nx = rotation.shape[:2]
+    unset = ~(np.linalg.norm(rotation, axis=-1) > 0)  # never written (or NaN): identity
+    rotation[unset] = (1.0, 0.0, 0.0, 0.0)
+    phase_id = np.asarray(target["phase_id"][...], dtype=np.int32).ravel()
+    phases = {int(p["id"]): phase_from_record(p) for p in record.get("phases", [])}
+    unknown = sorted(set(np.unique(phase_id).tolist()) - set(phases) - {-1})
+    if unknown:
+        raise SchemaError(f"{path}: phase_id", f"ids {unknown} have no phase record",
+                          "re-create the store; every phase id needs an entry in 'phases'")
+    phase_list = PhaseList(phases=phases) if phases else None
+    prop: dict[str, np.ndarray] = {}
+    for name in ("fit", "confidence", "pattern_quality", "n_bands"):
+        if name in target:
+            prop[name] = np.asarray(target[name][...]).ravel()
+    for name in record.get("properties", []):
+        prop[name] = np.asarray(target["properties"][name][...]).ravel()
+    step = record.get("step_size") or {"y": 1.0, "x": 1.0, "unit": "um"}
+    coords, _ = create_coordinate_arrays((ny, nx), (float(step["y"]), float(step["x"])))
+    # orix adds a "not_indexed" phase when -1 occurs.
+    xmap = CrystalMap(
+        rotations=Rotation(rotation.reshape(-1, 4)),
+        phase_id=phase_id,
+        x=coords["x"],
+        y=coords["y"],
+        phase_list=phase_list,
+        prop=prop,
+        scan_unit=step.get("unit", "um"),
+    )
+    _restore_unused_phases(xmap, phases)
+    return xmap
+
+
+def _restore_unused_phases(xmap, phases: dict[int, Any]) -> None:
+    """Put back phases that occur nowhere in the map (orix's constructor drops them).
+
+    Exports then list every phase the map was indexed against, under its id.
+    """
+    from orix.crystal_map import PhaseList
+
+    missing = set(phases) - {int(i) for i in xmap.phases.ids}
+    if not missing or not hasattr(xmap, "_phases"):
+        return
+    full = {int(i): p for i, p in xmap.phases}
+    full.update({i: phases[i] for i in missing})
+    xmap._phases = PhaseList(phases=dict(sorted(full.items())))

@@ -1,0 +1,250 @@
+"""The task protocol shared by every executor.
+
+A **task** is ``(shared, region, round)``: ``shared`` is a :class:`RunShared`
+(resolved pipeline, source and per-step states), sent to workers once per
+round (``Executor.share``); ``region`` says which frames to read. The task
+body :func:`run_chunk` reads its chunk from the source itself, runs the whole
+chain of steps on that one read, and returns a :class:`ChunkResult` with the
+per-frame outputs to store and the partial reductions to merge.
+
+Large constants (``Operator.setup``) are built once per worker process and
+cached in :data:`_CONSTANTS` by the step's setup key.
+
+An :class:`Executor` runs tasks: ``submit`` queues one, ``next_done`` blocks
+until one finishes and returns ``(key, ok, value)``; the engine keeps a
+bounded window of submitted tasks and refills it as tasks finish.
+
+Examples
+--------
+>>> import numpy as np
+>>> from flow.sources import ArraySource
+>>> from flow.pipeline import Pipeline
+>>> from operators.base import Operator, OutputSpec
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True)
+... class Peak(Operator):
+...     name = "peak_example"
+...     def resolve(self, spec):
+...         return {"peak": OutputSpec("nav", "uint8")}
+...     def process(self, frames, ctx):
+...         return {"peak": frames.reshape(len(frames), -1).max(axis=1)}
+>>> src = ArraySource(np.arange(32, dtype="uint8").reshape(2, 2, 2, 4))
+>>> shared = RunShared(Pipeline([Peak()]).resolve(src.spec), src, {})
+>>> run_chunk(shared, next(iter(src.regions())), 0).per_frame["peak_example/peak"].tolist()
+[7, 15, 23, 31]
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from operators.base import ChunkContext
+from schemas.errors import PipelineError
+
+__all__ = ["RunShared", "ChunkResult", "run_chunk", "Executor", "to_numpy", "clear_constants"]
+
+
+@dataclass
+class RunShared:
+    """What every task of a round needs: the plan, the source and the states.
+
+    Attributes
+    ----------
+    plan
+        The :class:`~flow.pipeline.ResolvedPipeline`.
+    source
+        A :class:`~flow.sources.ChunkSource` (a path and a grid; no data).
+    states
+        Per step name, what ``finalize`` returned after the step's previous pass.
+    """
+
+    plan: Any
+    source: Any
+    states: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChunkResult:
+    """What one task returns.
+
+    Attributes
+    ----------
+    per_frame
+        ``<step>/<output>`` -> array with a leading axis of the region's frames (saved outputs only).
+    partials
+        step name -> {key: partial} to merge (reductions of this round).
+    n
+        Frames processed.
+    seconds
+        Wall time of the task.
+    """
+
+    index: int
+    round: int
+    per_frame: dict[str, np.ndarray]
+    partials: dict[str, dict[str, Any]]
+    n: int
+    seconds: float = 0.0
+
+
+# Large constants built by Operator.setup, once per worker process (shared by
+# its threads). Keyed by ResolvedStep.setup_key(): operator token, input spec
+# and backend.
+_CONSTANTS: dict[str, Any] = {}
+_CONSTANTS_LOCK = threading.Lock()
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _constants(step) -> Any:
+    key = step.setup_key()
+    if key in _CONSTANTS:
+        return _CONSTANTS[key]
+    with _CONSTANTS_LOCK:
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:  # one thread builds; the others wait and reuse
+        if key not in _CONSTANTS:
+            _CONSTANTS[key] = step.op.setup(step.spec, step.step.backend)
+    return _CONSTANTS[key]
+
+
+def clear_constants() -> int:
+    """Forget cached constants in this process; returns how many were dropped.
+
+    Examples
+    --------
+    >>> clear_constants() >= 0
+    True
+    """
+    with _CONSTANTS_LOCK:
+        n = len(_CONSTANTS)
+        _CONSTANTS.clear()
+        _KEY_LOCKS.clear()
+    return n
+
+
+def to_numpy(value: Any) -> Any:
+    """A host NumPy array from numpy/cupy/torch values (other objects unchanged).
+
+    Examples
+    --------
+    >>> to_numpy([1, 2]).tolist()
+    [1, 2]
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
+        return value.get()
+    if type(value).__module__.startswith("torch"):
+        return value.detach().cpu().numpy()
+    if isinstance(value, list | tuple | int | float | np.generic):
+        return np.asarray(value)
+    return value
+
+
+def _to_backend(frames: np.ndarray, backend: str) -> Any:
+    if backend == "cupy":
+        import cupy
+
+        return cupy.asarray(frames)
+    return frames
+
+
+def run_chunk(shared: RunShared, region, round_: int) -> ChunkResult:
+    """The task body: read one chunk, run the chain of steps, return outputs and partials.
+
+    Raises
+    ------
+    PipelineError
+        An operator returned a missing or mis-shaped per-frame output.
+    """
+    t0 = time.perf_counter()
+    plan = shared.plan
+    frames = shared.source.read(region)
+    n = region.n
+    per_frame: dict[str, np.ndarray] = {}
+    partials: dict[str, dict[str, Any]] = {}
+    scan_index = region.scan_index()
+    for step in plan.chain(round_):
+        active = step.start <= round_ <= step.last
+        pass_index = round_ - step.start if active else step.passes - 1
+        final = pass_index == step.passes - 1
+        ctx = ChunkContext(spec=step.spec, constants=_constants(step), pass_index=pass_index,
+                           state=shared.states.get(step.name), flat_start=region.flat_start,
+                           scan_index=scan_index, backend=step.step.backend)
+        out = step.op.process(_to_backend(frames, step.step.backend), ctx)
+        if not isinstance(out, dict):
+            raise PipelineError(f"step {step.name!r}", f"process() returned {type(out).__name__}, not a dict",
+                                "return {output_name: array}")
+        if not final:
+            partials[step.name] = {k: to_numpy(v) for k, v in out.items()}
+            continue
+        for name, spec in step.per_frame.items():
+            if not active and name != step.frames_output:
+                continue  # a finished step rerun only for the frames it feeds forward
+            if name not in out:
+                raise PipelineError(f"step {step.name!r}", f"process() did not return output {name!r} "
+                                    f"(returned {sorted(out)})", "return every declared nav/frames output")
+            value = np.asarray(to_numpy(out[name]))
+            want = (n, *spec.extra_shape)
+            if value.shape != want:
+                raise PipelineError(f"step {step.name!r}.{name}", f"process() returned shape {value.shape} for "
+                                    f"{n} frames, resolve() declared {want}", "make process() match resolve()")
+            value = value.astype(spec.dtype, copy=False)
+            if name == step.frames_output:
+                frames = value
+            if active and step.saved(name):
+                per_frame[step.step.key(name)] = value
+        if active:
+            rest = {k: to_numpy(v) for k, v in out.items() if k not in step.per_frame}
+            if rest:
+                partials[step.name] = rest
+    return ChunkResult(region.index, round_, per_frame, partials, n, time.perf_counter() - t0)
+
+
+class Executor(ABC):
+    """Runs tasks; the engine keeps at most ``window`` of them submitted at once.
+
+    Subclasses: :class:`~flow.executors.inline.InlineExecutor`,
+    :class:`~flow.executors.threads.ThreadExecutor`,
+    :class:`~flow.executors.distributed.DistributedExecutor`.
+    """
+
+    name: str = "executor"
+    #: Printed by the CLI when not None (the dask dashboard).
+    dashboard_link: str | None = None
+
+    @property
+    def workers(self) -> int:
+        """Tasks that can run at once (sizes the default window)."""
+        return 1
+
+    def start(self, gpu: bool = False) -> None:  # noqa: B027 - optional hook
+        """Acquire resources (threads, a cluster); ``gpu`` when a step needs a GPU backend."""
+
+    def share(self, value: Any) -> Any:
+        """Make ``value`` available to every task once; returns what to pass to :meth:`submit`."""
+        return value
+
+    @abstractmethod
+    def submit(self, key: Any, fn: Callable, *args: Any, gpu: bool = False) -> None:
+        """Queue ``fn(*args)`` under ``key``."""
+
+    @abstractmethod
+    def next_done(self) -> tuple[Any, bool, Any]:
+        """Block until a submitted task finishes: ``(key, ok, result or exception)``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

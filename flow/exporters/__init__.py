@@ -1,0 +1,86 @@
+"""Exporters of crystal maps to files other programs read, chosen by extension.
+
+=========  ==============================================  ============================
+extension  format                                          writer
+=========  ==============================================  ============================
+``.ang``   EDAX/TSL OIM text                               :func:`~flow.exporters.ang.write_ang`
+``.ctf``   Oxford Channel 5 / AZtec text                   :func:`~flow.exporters.ctf.write_ctf`
+``.h5``    orix HDF5 (``orix.io.save``), also ``.hdf5``    :func:`~flow.exporters.orix_h5.write_orix_h5`
+``.png``   IPF, confidence, fit and phase pictures         :func:`flow.plots_crystal.write_crystal_map_pngs`
+=========  ==============================================  ============================
+
+Every writer takes ``(xmap, path, overwrite=False, metadata=None)``: an orix
+``CrystalMap``, the output path, and the scan metadata (``ScanAttrs`` dict) for
+vendor headers. Output is written under a temporary name and renamed.
+
+Examples
+--------
+>>> sorted(EXPORTERS)
+['.ang', '.ctf', '.h5', '.hdf5', '.png']
+>>> exporter_for("map.txt")
+Traceback (most recent call last):
+...
+schemas.errors.UnknownFormatError: map.txt: unknown export format '.txt' (fix: use an output ending in .ang, .ctf, .h5, .hdf5 or .png)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import UnknownFormatError
+
+__all__ = ["EXPORTERS", "exporter_for", "export_crystal_map"]
+
+#: Extension -> "module:function" of the writer (imported on use).
+EXPORTERS: dict[str, str] = {
+    ".ang": "flow.exporters.ang:write_ang",
+    ".ctf": "flow.exporters.ctf:write_ctf",
+    ".h5": "flow.exporters.orix_h5:write_orix_h5",
+    ".hdf5": "flow.exporters.orix_h5:write_orix_h5",
+    ".png": "flow.plots_crystal:write_crystal_map_pngs",
+}
+
+
+def exporter_for(path: str | os.PathLike) -> Callable[..., Any]:
+    """The writer for ``path``'s extension.
+
+    Raises
+    ------
+    UnknownFormatError
+        No exporter for that extension.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in EXPORTERS:
+        raise UnknownFormatError(str(path), f"unknown export format {suffix or '(no extension)'!r}",
+                                 "use an output ending in " + ", ".join(sorted(EXPORTERS)[:-1])
+                                 + f" or {sorted(EXPORTERS)[-1]}")
+    module, function = EXPORTERS[suffix].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
+                       metadata: Mapping[str, Any] | None = None, ipf_direction: str = "z") -> list[Path]:
+    """Export an orix ``CrystalMap`` to ``path`` by its extension; return the files written.
+
+    Parameters
+    ----------
+    xmap
+        Crystal map, e.g. from :func:`flow.crystal_map.read_crystal_map`.
+    path
+        ``.ang``, ``.ctf``, ``.h5``/``.hdf5`` or ``.png`` (which writes
+        ``OUT_ipf.png``, ``OUT_confidence.png``, ``OUT_fit.png``, ``OUT_phase.png``).
+    overwrite
+        Replace existing output.
+    metadata
+        Scan metadata for vendor headers.
+    ipf_direction
+        Sample direction of the IPF picture (``.png`` only).
+    """
+    writer = exporter_for(path)
+    if Path(path).suffix.lower() == ".png":
+        return list(writer(xmap, path, ipf_direction=ipf_direction, overwrite=overwrite))
+    return [writer(xmap, path, overwrite=overwrite, metadata=metadata)]

@@ -1,0 +1,461 @@
+"""Pipelines: a linear chain of operator steps, resolved before any data moves.
+
+A :class:`Pipeline` is a list of :class:`Step` (an operator, a unique name,
+a backend and which outputs to save). ``frames`` outputs replace the frames
+seen by later steps. :meth:`Pipeline.resolve` runs every operator's
+``resolve`` on the chained :class:`~operators.base.InputSpec` and builds the
+**schedule** of rounds (passes over the data); it reads no data.
+
+Schedule
+--------
+A step with ``passes = p`` runs in ``p`` consecutive rounds. It starts in the
+round where the last earlier step with a ``frames`` output produces its final
+frames (those frames exist only in that step's last pass); steps without
+``frames`` outputs do not delay later steps. In each round one task per chunk
+runs the whole chain on a single read of the chunk: active steps compute;
+finished steps whose ``frames`` output feeds an active later step recompute
+those frames from their final state (cheaper than storing and re-reading them).
+In every pass but its last, everything a step's ``process`` returns is a
+partial reduction (merged with ``merge``, then ``finalize`` gives the next
+pass's state).
+
+Examples
+--------
+>>> import numpy as np
+>>> from dataclasses import dataclass
+>>> from operators.base import Operator, OutputSpec
+>>> @dataclass(frozen=True)
+... class Total(Operator):
+...     name = "total_example"
+...     def resolve(self, spec):
+...         return {"total": OutputSpec("nav", "float64")}
+...     def process(self, frames, ctx):
+...         return {"total": frames.reshape(len(frames), -1).sum(axis=1)}
+>>> pipe = Pipeline([Total()])
+>>> out = pipe.run(np.ones((2, 3, 4, 4), "uint8"))
+>>> out["total_example/total"].tolist()
+[[16.0, 16.0, 16.0], [16.0, 16.0, 16.0]]
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from operators.base import InputSpec, Operator, OutputSpec, build_operator
+from schemas.errors import BackendUnavailableError, PipelineError
+
+__all__ = ["Step", "Pipeline", "ResolvedPipeline", "ResolvedStep", "load_pipeline", "GPU_BACKENDS"]
+
+#: Backends that need a GPU (placed on workers with the ``GPU`` resource).
+GPU_BACKENDS = ("cupy", "torch-cuda", "torch")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a pipeline.
+
+    Parameters
+    ----------
+    op
+        The operator.
+    name
+        Unique step name (default: the operator's name); results are stored
+        under ``<name>/<output>``.
+    backend
+        Backend of the kernel; default the first of ``op.backends``
+        (``numpy`` when the operator supports it).
+    save
+        Output names to store; ``None`` stores every output.
+
+    Examples
+    --------
+    >>> from operators.base import Operator
+    >>> Step(Operator(), name="s").key("total")
+    's/total'
+    """
+
+    op: Operator
+    name: str = ""
+    backend: str = ""
+    save: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, Operator):
+            raise PipelineError("pipeline", f"step {self.name or self.op!r} is not an Operator",
+                                "pass operator instances, e.g. Pipeline([FrameSum()])")
+        if not self.name:
+            object.__setattr__(self, "name", self.op.name or type(self.op).__name__)
+        if not self.backend:
+            backends = tuple(self.op.backends)
+            object.__setattr__(self, "backend", "numpy" if "numpy" in backends else backends[0])
+        if self.save is not None:
+            object.__setattr__(self, "save", tuple(self.save))
+
+    def key(self, output: str) -> str:
+        """The result name of ``output``: ``<step>/<output>``."""
+        return f"{self.name}/{output}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON record of the step (pipeline-file form)."""
+        record: dict[str, Any] = {"op": self.op.name, "name": self.name, "params": self.op.params(),
+                                  "backend": self.backend}
+        if self.save is not None:
+            record["save"] = list(self.save)
+        return record
+
+
+@dataclass
+class ResolvedStep:
+    """A step with its input spec, declared outputs and place in the schedule."""
+
+    step: Step
+    index: int
+    spec: InputSpec
+    outputs: dict[str, OutputSpec]
+    start: int  # first round
+    frames_output: str | None
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+    @property
+    def op(self) -> Operator:
+        return self.step.op
+
+    @property
+    def passes(self) -> int:
+        return int(self.step.op.passes)
+
+    @property
+    def last(self) -> int:
+        """Round of the step's final pass."""
+        return self.start + self.passes - 1
+
+    @property
+    def per_frame(self) -> dict[str, OutputSpec]:
+        return {k: v for k, v in self.outputs.items() if v.per_frame}
+
+    @property
+    def reduced(self) -> dict[str, OutputSpec]:
+        return {k: v for k, v in self.outputs.items() if not v.per_frame}
+
+    def saved(self, name: str) -> bool:
+        return self.step.save is None or name in self.step.save
+
+    def setup_key(self) -> str:
+        """Cache key of this step's constants: operator token, input spec and backend."""
+        text = json.dumps([self.op.token(), list(self.spec.scan_shape), list(self.spec.det_shape),
+                           self.spec.dtype.str, self.step.backend], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ResolvedPipeline:
+    """A pipeline resolved against an input spec: specs, outputs, rounds.
+
+    Attributes
+    ----------
+    steps
+        One :class:`ResolvedStep` per step.
+    n_rounds
+        Passes over the data the whole pipeline needs.
+    """
+
+    pipeline: Pipeline
+    input: InputSpec
+    steps: list[ResolvedStep]
+    n_rounds: int = field(default=1)
+
+    def active(self, round_: int) -> list[ResolvedStep]:
+        """Steps computing a pass in ``round_``."""
+        return [s for s in self.steps if s.start <= round_ <= s.last]
+
+    def chain(self, round_: int) -> list[ResolvedStep]:
+        """Steps a chunk task runs in ``round_`` (active ones and frame providers before them)."""
+        active = self.active(round_)
+        if not active:
+            return []
+        stop = max(s.index for s in active)
+        return [s for s in self.steps[: stop + 1] if s in active or (s.frames_output and s.last < round_)]
+
+    def has_reductions(self, round_: int) -> bool:
+        """True when some step merges partials in ``round_``."""
+        return any(s.last > round_ or s.reduced for s in self.active(round_))
+
+    def ending(self, round_: int) -> list[ResolvedStep]:
+        """Steps whose final pass is ``round_``."""
+        return [s for s in self.steps if s.last == round_]
+
+    def result_outputs(self) -> dict[str, tuple[ResolvedStep, str, OutputSpec]]:
+        """Saved outputs by result name ``<step>/<output>``."""
+        return {s.step.key(name): (s, name, out) for s in self.steps for name, out in s.outputs.items()
+                if s.saved(name)}
+
+    @property
+    def gpu(self) -> bool:
+        """True when some step runs on a GPU backend."""
+        return any(s.step.backend in GPU_BACKENDS for s in self.steps)
+
+
+class Pipeline:
+    """A linear chain of operators.
+
+    Parameters
+    ----------
+    steps
+        Operators, :class:`Step` objects, or ``(name, operator)`` pairs.
+    chunk_frames
+        Frames per chunk (task and result chunk); ``None`` follows the input
+        store's chunks.
+
+    Examples
+    --------
+    >>> from operators.base import Operator
+    >>> Pipeline([("a", Operator()), ("b", Operator())]).names
+    ['a', 'b']
+    >>> Pipeline([("a", Operator()), ("a", Operator())])
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PipelineError: pipeline: step name 'a' is used twice (fix: give each step a unique 'name')
+    """
+
+    def __init__(self, steps: Sequence[Operator | Step | tuple[str, Operator]], chunk_frames: int | None = None) -> None:
+        built: list[Step] = []
+        for item in steps:
+            if isinstance(item, Step):
+                built.append(item)
+            elif isinstance(item, tuple):
+                built.append(Step(item[1], name=item[0]))
+            else:
+                built.append(Step(item))
+        if not built:
+            raise PipelineError("pipeline", "no steps", "add at least one step")
+        seen: set[str] = set()
+        for step in built:
+            if step.name in seen:
+                raise PipelineError("pipeline", f"step name {step.name!r} is used twice",
+                                    "give each step a unique 'name'")
+            if not _NAME.match(step.name):
+                raise PipelineError("pipeline", f"step name {step.name!r} is not a plain name",
+                                    "use letters, digits, '_', '-' or '.' (it names a Zarr group)")
+            seen.add(step.name)
+        self.steps: tuple[Step, ...] = tuple(built)
+        self.chunk_frames = chunk_frames
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    def __repr__(self) -> str:
+        return f"Pipeline({[f'{s.name}={s.op.name}' for s in self.steps]})"
+
+    # -- construction from files -------------------------------------------
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], where: str = "pipeline") -> Pipeline:
+        """Build from a pipeline-file mapping (validated against the JSON Schema first).
+
+        Examples
+        --------
+        >>> Pipeline.from_dict({"pipeline": 1, "steps": [{"op": "no_such_op"}]})
+        Traceback (most recent call last):
+        ...
+        schemas.errors.PipelineError: pipeline: steps[0]: unknown operator 'no_such_op' (fix: run 'diffraflow operators' to list operators)
+        """
+        from schemas.pipeline import validate_pipeline_record
+
+        record = validate_pipeline_record(record, where=where)
+        steps = []
+        for i, item in enumerate(record["steps"]):
+            here = f"{where}: steps[{i}]" + (f" ({item['name']})" if "name" in item else "")
+            op = build_operator(item["op"], item.get("params") or {}, where=here)
+            save = item.get("save", True)
+            save_names = None if save is True else (() if save is False else tuple(save))
+            steps.append(Step(op, name=item.get("name", ""), backend=item.get("backend", ""), save=save_names))
+        chunk_frames = (record.get("output") or {}).get("chunk_frames")
+        return cls(steps, chunk_frames=chunk_frames)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Pipeline:
+        """Load a YAML (or JSON) pipeline file; one-line PipelineError on any problem.
+
+        Examples
+        --------
+        >>> Pipeline.from_file("/no/such/pipeline.yaml")
+        Traceback (most recent call last):
+        ...
+        schemas.errors.PipelineError: /no/such/pipeline.yaml: no such file (fix: check the pipeline file path)
+        """
+        from schemas.pipeline import read_pipeline_file
+
+        return cls.from_dict(read_pipeline_file(path), where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pipeline-file record of this pipeline.
+
+        Examples
+        --------
+        >>> from operators.base import Operator
+        >>> Pipeline([("a", Operator())]).to_dict()["steps"][0]["name"]
+        'a'
+        """
+        record: dict[str, Any] = {"pipeline": 1, "steps": [s.to_dict() for s in self.steps]}
+        if self.chunk_frames:
+            record["output"] = {"chunk_frames": self.chunk_frames}
+        return record
+
+    def fingerprint(self) -> str:
+        """Hash of the steps (operators, parameters, backends, saved outputs)."""
+        text = json.dumps([s.to_dict() for s in self.steps], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # -- resolution ----------------------------------------------------------
+    def resolve(self, spec: InputSpec, check_backends: bool = True) -> ResolvedPipeline:
+        """Resolve every step on the chained input spec and build the schedule.
+
+        Raises
+        ------
+        PipelineError
+            An operator refuses its input, declares bad outputs, or a saved
+            output name is unknown.
+        BackendUnavailableError
+            A GPU backend was asked for and CUDA is absent.
+
+        Examples
+        --------
+        >>> from operators.base import Operator
+        >>> Pipeline([Operator()]).resolve(InputSpec((1, 1), (2, 2), np.dtype("u1")))
+        Traceback (most recent call last):
+        ...
+        schemas.errors.PipelineError: pipeline: step 'Operator': resolve() is not defined (fix: implement Operator.resolve)
+        """
+        resolved: list[ResolvedStep] = []
+        frames_ready = 0  # round in which the current frames exist
+        for index, step in enumerate(self.steps):
+            where = f"pipeline: step {step.name!r}"
+            if step.backend not in step.op.backends:
+                raise PipelineError(where, f"backend {step.backend!r} is not supported by {step.op.name}",
+                                    f"use one of {', '.join(step.op.backends)}")
+            if check_backends and step.backend in GPU_BACKENDS:
+                _require_gpu(step.backend, where)
+            if int(step.op.passes) < 1:
+                raise PipelineError(where, f"passes must be >= 1, got {step.op.passes}", "fix the operator")
+            try:
+                outputs = step.op.resolve(spec)
+            except NotImplementedError:
+                raise PipelineError(where, "resolve() is not defined",
+                                    f"implement {type(step.op).__name__}.resolve") from None
+            except PipelineError:
+                raise
+            except (ValueError, TypeError, KeyError) as exc:
+                raise PipelineError(where, f"cannot resolve on input {spec.det_shape} {spec.dtype}: {exc}",
+                                    "check the step's parameters against the input") from None
+            outputs = _check_outputs(dict(outputs), where)
+            frames = [k for k, v in outputs.items() if v.kind == "frames"]
+            if len(frames) > 1:
+                raise PipelineError(where, f"declares {len(frames)} frames outputs {frames}",
+                                    "declare at most one 'frames' output per operator")
+            if step.save is not None:
+                for name in step.save:
+                    if name not in outputs:
+                        close = difflib.get_close_matches(name, list(outputs), n=1)
+                        fix = f"did you mean {close[0]!r}?" if close else f"outputs are: {', '.join(outputs)}"
+                        raise PipelineError(where, f"save names unknown output {name!r}", fix)
+            rs = ResolvedStep(step, index, spec, outputs, start=frames_ready, frames_output=frames[0] if frames else None)
+            resolved.append(rs)
+            if rs.frames_output:
+                out = outputs[rs.frames_output]
+                spec = spec.with_frames(out.extra_shape, out.dtype)
+                frames_ready = rs.last
+        n_rounds = max(s.last for s in resolved) + 1
+        return ResolvedPipeline(self, resolved[0].spec, resolved, n_rounds)
+
+    # -- running -------------------------------------------------------------
+    def run(self, data: Any, output: str | os.PathLike | None = None, *, executor: Any = "inline",
+            chunk_frames: int | None = None, overwrite: bool = False, progress: bool = False,
+            **kwargs: Any) -> dict[str, np.ndarray]:
+        """Run on an array or a cube path; return results by ``<step>/<output>``.
+
+        Parameters
+        ----------
+        data
+            A 4-d array ``(scan_y, scan_x, det_y, det_x)``, a ``.zarr`` cube
+            path, or any :class:`~flow.sources.ChunkSource`.
+        output
+            A result store path (resumable); ``None`` keeps results in memory.
+        executor
+            ``"inline"``, ``"threads"``, ``"local"``, a scheduler address, or
+            an executor object.
+        chunk_frames
+            Frames per chunk (overrides the pipeline's ``chunk_frames``).
+
+        Examples
+        --------
+        See the module example.
+        """
+        from flow.engine import run_pipeline
+
+        report = run_pipeline(self, data, output=output, executor=executor,
+                              chunk_frames=chunk_frames or self.chunk_frames, overwrite=overwrite,
+                              progress=progress, **kwargs)
+        return report.results
+
+
+def _check_outputs(outputs: dict[str, Any], where: str) -> dict[str, OutputSpec]:
+    if not outputs:
+        raise PipelineError(where, "declares no outputs", "return at least one OutputSpec from resolve()")
+    for name, out in outputs.items():
+        if not isinstance(out, OutputSpec):
+            raise PipelineError(where, f"output {name!r} is {type(out).__name__}, not an OutputSpec",
+                                "return OutputSpec objects from resolve()")
+        if not _NAME.match(name) or "/" in name:
+            raise PipelineError(where, f"output name {name!r} is not a plain name", "use letters, digits and '_'")
+        if out.kind == "frames" and len(out.extra_shape) != 2:
+            raise PipelineError(where, f"frames output {name!r} has extra_shape {out.extra_shape}",
+                                "a frames output must be 2-d (det_y, det_x)")
+    return outputs
+
+
+def _require_gpu(backend: str, where: str) -> None:
+    try:
+        if backend == "cupy":
+            import cupy
+
+            ok = cupy.cuda.runtime.getDeviceCount() > 0
+        else:
+            import torch
+
+            ok = torch.cuda.is_available()
+    except Exception:
+        ok = False
+    if not ok:
+        raise BackendUnavailableError(where, f"backend {backend!r} needs CUDA, which is not available here",
+                                      "run on a machine with a GPU, or set 'backend: numpy' on this step")
+
+
+def load_pipeline(path: str | os.PathLike | dict | Pipeline) -> Pipeline:
+    """A pipeline from a file path, a mapping, or a Pipeline (returned as is).
+
+    Examples
+    --------
+    >>> load_pipeline({"pipeline": 1, "steps": []})
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PipelineError: pipeline: steps: [] should be non-empty (fix: list at least one step: '- op: NAME')
+    """
+    if isinstance(path, Pipeline):
+        return path
+    if isinstance(path, dict):
+        return Pipeline.from_dict(path)
+    return Pipeline.from_file(Path(path))

@@ -1,0 +1,1 @@
+"""Pipeline files shipped with diffraflow."""

@@ -1,0 +1,307 @@
+"""PNG pictures of a crystal map: IPF orientation map, confidence, fit and phase maps.
+
+Not-indexed points are black in every picture. The IPF map colours each
+phase with orix's :class:`~orix.plot.IPFColorKeyTSL` for its point group and
+the chosen sample direction, and draws the colour key (one per Laue group
+present) beside the map. Figures are made with matplotlib's object API (no
+pyplot state, no display needed) and written under a temporary name, then
+renamed.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> from orix.crystal_map import CrystalMap, Phase, PhaseList
+>>> from orix.quaternion import Rotation
+>>> xmap = CrystalMap(Rotation.random(12), x=__import__("numpy").tile(range(4), 3) * 1.0,
+...                   y=__import__("numpy").repeat(range(3), 4) * 1.0,
+...                   phase_list=PhaseList(Phase("ni", point_group="m-3m")))
+>>> paths = write_crystal_map_pngs(xmap, pathlib.Path(tempfile.mkdtemp()) / "map")
+>>> [p.name for p in paths]
+['map_ipf.png', 'map_confidence.png', 'map_fit.png', 'map_phase.png']
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flow.exporters._common import atomic_write, check_output
+from schemas.errors import SchemaError
+
+__all__ = ["ipf_rgb", "plot_ipf_map", "plot_property_map", "plot_phase_map", "write_crystal_map_pngs",
+           "png_paths", "IPF_DIRECTIONS"]
+
+IPF_DIRECTIONS = ("x", "y", "z")
+_NOT_INDEXED = (0.0, 0.0, 0.0)
+
+
+def _direction(direction: str):
+    from orix.vector import Vector3d
+
+    key = str(direction).lower()
+    if key not in IPF_DIRECTIONS:
+        raise SchemaError("ipf_direction", f"unknown direction {direction!r}", "use x, y or z")
+    return {"x": Vector3d.xvector, "y": Vector3d.yvector, "z": Vector3d.zvector}[key]()
+
+
+def ipf_rgb(xmap, direction: str = "z") -> np.ndarray:
+    """IPF colours ``(ny, nx, 3)`` in [0, 1]; not-indexed points black.
+
+    Examples
+    --------
+    >>> from orix.crystal_map import CrystalMap, Phase, PhaseList
+    >>> from orix.quaternion import Rotation
+    >>> rgb = ipf_rgb(CrystalMap(Rotation.identity(2), phase_list=PhaseList(Phase(point_group="m-3m"))))
+    >>> rgb.shape, rgb[0, 0].round(2).tolist()
+    ((1, 2, 3), [1.0, 0.0, 0.0])
+    """
+    from orix.plot import IPFColorKeyTSL
+    from orix.quaternion import Orientation
+
+    from flow.crystal_map import crystal_map_grid
+
+    grid = crystal_map_grid(xmap)
+    ny, nx = grid["phase_id"].shape
+    rgb = np.zeros((ny * nx, 3))
+    rgb[:] = _NOT_INDEXED
+    quat = grid["rotation"].reshape(-1, 4)
+    ids = grid["phase_id"].ravel()
+    vector = _direction(direction)
+    for phase_id, phase in xmap.phases:
+        points = ids == phase_id
+        if phase_id < 0 or not points.any() or phase.point_group is None:
+            continue
+        key = IPFColorKeyTSL(phase.point_group, direction=vector)
+        rgb[points] = key.orientation2color(Orientation(quat[points], symmetry=phase.point_group))
+    return np.clip(rgb, 0, 1).reshape(ny, nx, 3)
+
+
+def _figure(shape: tuple[int, int], extra_width: float = 0.0):
+    from matplotlib.figure import Figure
+
+    ny, nx = shape
+    width = 6.0
+    height = float(np.clip(width * ny / nx, 2.0, 9.0)) + 0.8
+    fig = Figure(figsize=(width + extra_width, height), dpi=120, layout="constrained")
+    return fig
+
+
+def _extent(xmap, shape):
+    dy = float(xmap.dy or 0) or float(xmap.dx or 1) or 1.0
+    dx = float(xmap.dx or 0) or 1.0
+    ny, nx = shape
+    return (-dx / 2, (nx - 0.5) * dx, (ny - 0.5) * dy, -dy / 2)
+
+
+def _style_map_axes(ax, xmap, title: str) -> None:
+    unit = "µm" if xmap.scan_unit == "um" else xmap.scan_unit
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
+    ax.set_title(title)
+
+
+def _save(fig, path: Path, overwrite: bool) -> Path:
+    return atomic_write(path, overwrite, lambda temp: fig.savefig(temp, format="png"))
+
+
+def _draw_color_key(ax, point_group, n: int = 300) -> None:
+    """Draw the TSL IPF colour key of ``point_group`` on an orix ``ipf`` axis.
+
+    Same picture as ``InversePoleFigurePlot.plot_ipf_color_key``, coloured
+    pixel by pixel instead of by cubic interpolation (which takes seconds).
+    """
+    from orix.plot.direction_color_keys import DirectionColorKeyTSL
+    from orix.projections import InverseStereographicProjection, StereographicProjection
+
+    key = DirectionColorKeyTSL(point_group)
+    sector = point_group.laue.fundamental_sector
+    x, y = StereographicProjection().vector2xy(sector.edges)
+    xs = np.linspace(float(np.min(x)), float(np.max(x)), n)
+    ys = np.linspace(float(np.min(y)), float(np.max(y)), n)
+    gx, gy = np.meshgrid(xs, ys)
+    vectors = InverseStereographicProjection().xy2vector(gx.ravel(), gy.ravel())
+    inside = np.asarray(vectors <= sector)
+    rgba = np.ones((n * n, 4))
+    rgba[:, 3] = 0.0
+    rgba[inside, :3] = np.clip(key.direction2color(vectors[inside]), 0, 1)
+    rgba[inside, 3] = 1.0
+    ax.stereographic_grid(False)
+    ax._edge_patch.set_linewidth(1.5)
+    ax.imshow(rgba.reshape(n, n, 4), extent=(xs[0], xs[-1], ys[0], ys[-1]), origin="lower", zorder=0)
+
+
+def plot_ipf_map(xmap, path: str | os.PathLike, direction: str = "z", overwrite: bool = False) -> Path:
+    """IPF-coloured orientation map with its colour key(s) beside it.
+
+    Parameters
+    ----------
+    xmap
+        Crystal map.
+    path
+        Output PNG.
+    direction
+        Sample direction of the inverse pole figure: ``x``, ``y`` or ``z``.
+    overwrite
+        Replace an existing file.
+    """
+    import orix.plot  # noqa: F401  (registers the "ipf" projection)
+    from matplotlib.axes import Axes
+
+    rgb = ipf_rgb(xmap, direction)
+    shape = rgb.shape[:2]
+    laue: dict[str, Any] = {}
+    for phase_id, phase in xmap.phases:
+        if phase_id >= 0 and phase.point_group is not None and np.any(xmap.phase_id == phase_id):
+            laue.setdefault(phase.point_group.laue.name, phase.point_group)
+    fig = _figure(shape, extra_width=2.4 if laue else 0.0)
+    n_keys = max(1, len(laue))
+    grid = fig.add_gridspec(n_keys, 2 if laue else 1, width_ratios=[6.0, 2.2] if laue else None)
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(rgb, interpolation="nearest", extent=_extent(xmap, shape))
+    _style_map_axes(ax, xmap, f"IPF-{direction.upper()} orientation map")
+    vector = _direction(direction)
+    for row, point_group in enumerate(laue.values()):
+        key_ax = fig.add_subplot(grid[row, 1], projection="ipf", symmetry=point_group, direction=vector)
+        _draw_color_key(key_ax, point_group)
+        names = "\n".join(p.name for i, p in xmap.phases if i >= 0 and p.point_group is not None
+                           and p.point_group.laue.name == point_group.laue.name)
+        key_ax.set_title(f"IPF-{direction.upper()} key ({point_group.laue.name})", fontsize=9, pad=22)
+        Axes.text(key_ax, 0.5, -0.12, names, transform=key_ax.transAxes, ha="center", va="top", fontsize=8)
+    return _save(fig, Path(path), overwrite)
+
+
+def plot_property_map(xmap, name: str, path: str | os.PathLike, label: str | None = None, cmap: str = "gray",
+                      overwrite: bool = False) -> Path:
+    """A scalar property map (``confidence``, ``fit``...) with a colour bar; not-indexed points black.
+
+    Parameters
+    ----------
+    xmap
+        Crystal map.
+    name
+        Property name (aliases such as ``ci`` are found, see
+        :data:`flow.crystal_map.PROPERTY_ALIASES`).
+    path
+        Output PNG.
+    label
+        Colour-bar label.
+    cmap
+        Matplotlib colour map.
+    overwrite
+        Replace an existing file.
+    """
+    from matplotlib import colormaps
+
+    from flow.crystal_map import crystal_map_grid
+
+    grid = crystal_map_grid(xmap)
+    shape = grid["phase_id"].shape
+    values = grid.get(name, grid["properties"].get(name))
+    if values is None:
+        values = np.full(shape, np.nan)
+    values = np.ma.masked_invalid(np.where(grid["phase_id"] >= 0, values, np.nan).astype(float))
+    colormap = colormaps[cmap].with_extremes(bad="black")
+    fig = _figure(shape, extra_width=1.0)
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap=colormap, interpolation="nearest", extent=_extent(xmap, shape))
+    fig.colorbar(image, ax=ax, label=label or name, shrink=0.8)
+    _style_map_axes(ax, xmap, f"{label or name} (not indexed: black)")
+    return _save(fig, Path(path), overwrite)
+
+
+def _distinct_colors(colors: list[str | None]) -> list[tuple[float, float, float]]:
+    """RGB per phase: its own colour unless an earlier phase took it (or it is black), then the next free tab10.
+
+    Examples
+    --------
+    >>> _distinct_colors(["tab:blue", "tab:blue", None])[1] != _distinct_colors(["tab:blue"])[0]
+    True
+    """
+    from matplotlib.colors import to_rgb
+
+    palette = [to_rgb(f"C{i}") for i in range(10)]
+    out: list[tuple[float, float, float]] = []
+    for color in colors:
+        rgb = to_rgb(color) if color else None
+        if rgb is None or rgb in out or rgb == _NOT_INDEXED:
+            rgb = next((c for c in palette if c not in out), palette[len(out) % 10])
+        out.append(rgb)
+    return out
+
+
+def plot_phase_map(xmap, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Phase map with a legend (name and area fraction per phase); not-indexed points black."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Patch
+
+    from flow.crystal_map import crystal_map_grid
+
+    grid = crystal_map_grid(xmap)
+    ids = grid["phase_id"]
+    rgb = np.zeros(ids.shape + (3,))
+    rgb[:] = _NOT_INDEXED
+    handles = []
+    total = ids.size
+    colors = _distinct_colors([phase.color for phase_id, phase in xmap.phases if phase_id >= 0])
+    for (phase_id, phase), color in zip([(i, p) for i, p in xmap.phases if i >= 0], colors, strict=True):
+        points = ids == phase_id
+        rgb[points] = color
+        handles.append(Patch(facecolor=color, edgecolor="k",
+                             label=f"{phase.name or f'phase {phase_id}'} ({100 * points.sum() / total:.1f}%)"))
+    n_not = int((ids < 0).sum())
+    handles.append(Patch(facecolor=_NOT_INDEXED, edgecolor="k", label=f"not indexed ({100 * n_not / total:.1f}%)"))
+    fig = _figure(ids.shape)
+    ax = fig.add_subplot()
+    ax.imshow(rgb, interpolation="nearest", extent=_extent(xmap, ids.shape))
+    _style_map_axes(ax, xmap, "phase map")
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), frameon=False)
+    return _save(fig, Path(path), overwrite)
+
+
+def png_paths(base: str | os.PathLike) -> dict[str, Path]:
+    """The pictures written for output ``base`` (``OUT.png`` or ``OUT``).
+
+    Examples
+    --------
+    >>> sorted(p.name for p in png_paths("res/map.png").values())
+    ['map_confidence.png', 'map_fit.png', 'map_ipf.png', 'map_phase.png']
+    """
+    base = Path(base)
+    stem = base.with_suffix("") if base.suffix.lower() == ".png" else base
+    return {kind: stem.parent / f"{stem.name}_{kind}.png" for kind in ("ipf", "confidence", "fit", "phase")}
+
+
+def write_crystal_map_pngs(xmap, base: str | os.PathLike, ipf_direction: str = "z",
+                           overwrite: bool = False) -> list[Path]:
+    """Write ``BASE_ipf.png``, ``BASE_confidence.png``, ``BASE_fit.png`` and ``BASE_phase.png``.
+
+    Parameters
+    ----------
+    xmap
+        Crystal map.
+    base
+        ``OUT.png`` or ``OUT``; the pictures go beside it.
+    ipf_direction
+        ``x``, ``y`` or ``z``.
+    overwrite
+        Replace existing pictures; without it, any existing picture stops the
+        export before anything is written.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files.
+    """
+    paths = png_paths(base)
+    _direction(ipf_direction)
+    for path in paths.values():
+        check_output(path, overwrite)
+    return [
+        plot_ipf_map(xmap, paths["ipf"], ipf_direction, overwrite),
+        plot_property_map(xmap, "confidence", paths["confidence"], "confidence index", "viridis", overwrite),
+        plot_property_map(xmap, "fit", paths["fit"], "fit (mean angular deviation, °)", "plasma_r", overwrite),
+        plot_phase_map(xmap, paths["phase"], overwrite),
+    ]

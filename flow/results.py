@@ -1,0 +1,347 @@
+"""Result sinks: where a run's outputs go, chunk by chunk, resumably.
+
+:class:`ZarrResultStore` writes a Zarr v3 result store::
+
+    OUT.zarr/                       diffraflow: {kind: result, complete}, results: {...}, run: {...}
+      <step>/<output>               one array per saved output, dimension_names set
+      _progress/round<r>/<i>.done   chunk i of round r is written (created after its data)
+      _progress/round<r>/partials.pkl  merged reduction partials of chunks 0..n-1 (atomic replace)
+      _progress/round<r>/state.pkl  states after the round; then the empty file 'complete'
+
+Per-frame result arrays are chunked exactly like the run's regions and not
+sharded, so each region is one write of whole chunks, and the driver process
+is the only writer: no two writers ever touch one chunk or shard. Reduction
+partials are merged in chunk order and checkpointed with the number of chunks
+they cover, so a resumed run neither recomputes them nor merges one twice, and
+its results are bit-identical to an uninterrupted run. ``_progress`` is
+removed when the store is complete.
+
+:class:`MemorySink` keeps results in NumPy arrays (tests, notebooks).
+
+Examples
+--------
+>>> import numpy as np, tempfile, pathlib
+>>> from flow.pipeline import Pipeline
+>>> from flow.sources import ArraySource
+>>> from operators.base import Operator, OutputSpec
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True)
+... class Mean(Operator):
+...     name = "mean_example"
+...     def resolve(self, spec):
+...         return {"mean": OutputSpec("nav", "float32")}
+...     def process(self, frames, ctx):
+...         return {"mean": frames.reshape(len(frames), -1).mean(axis=1)}
+>>> out = pathlib.Path(tempfile.mkdtemp()) / "r.zarr"
+>>> _ = Pipeline([Mean()]).run(np.ones((2, 2, 3, 3), "uint8"), output=out)
+>>> import xarray as xr
+>>> xr.open_zarr(out, group="mean_example", consolidated=False)["mean"].dims
+('scan_y', 'scan_x')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.cube import StoreMarker
+from schemas.errors import OutputExistsError, SchemaError
+
+# Progress records live in OUT.zarr/_progress (no zarr.json) only while a run
+# is incomplete; zarr warns about them when listing members. That is expected.
+warnings.filterwarnings("ignore", message="Object at _progress is not recognized", category=UserWarning)
+
+__all__ = ["ResultSink", "MemorySink", "ZarrResultStore", "open_results"]
+
+
+def _fill(dtype: np.dtype) -> Any:
+    return np.nan if dtype.kind in "fc" else (False if dtype.kind == "b" else 0)
+
+
+def _dims(name: str, out) -> list[str]:
+    # Generic 'dim_i' names of two outputs may have different sizes, which
+    # xarray refuses within one group: make them specific to the output.
+    return [f"{name}_{d}" if d.startswith("dim_") else d for d in out.result_dims()]
+
+
+class ResultSink:
+    """Where results go; the engine calls these in order. Default: keep nothing, resume nothing."""
+
+    path: str | None = None
+
+    def open(self, plan, source) -> None:
+        """Create the outputs (or check a store being resumed)."""
+
+    def round_complete(self, round_: int) -> dict[str, Any] | None:
+        """States after ``round_`` if it finished in an earlier run, else None."""
+        return None
+
+    def done_chunks(self, round_: int) -> set[int]:
+        """Chunk indices of ``round_`` whose per-frame outputs are written."""
+        return set()
+
+    def load_partials(self, round_: int) -> tuple[dict[str, dict[str, Any]], int]:
+        """Merged partials of ``round_`` and how many leading chunks they cover."""
+        return {}, 0
+
+    def write_chunk(self, round_: int, region, per_frame: dict[str, np.ndarray]) -> None:
+        """Store the per-frame outputs of one region."""
+
+    def mark_done(self, round_: int, region) -> None:
+        """Record that ``region``'s outputs are written (after :meth:`write_chunk`)."""
+
+    def save_partials(self, round_: int, merged: dict[str, dict[str, Any]], n_merged: int, final: bool) -> None:
+        """Checkpoint merged partials covering chunks ``0..n_merged-1``."""
+
+    def finish_round(self, round_: int, states: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
+        """Store the final sig/single outputs of steps ending this round and the states."""
+
+    def complete(self) -> None:
+        """Mark the results complete."""
+
+    def results(self) -> dict[str, np.ndarray]:
+        """Results by ``<step>/<output>`` (read back from a store if needed)."""
+        return {}
+
+
+class MemorySink(ResultSink):
+    """Results in NumPy arrays, allocated when the run starts.
+
+    Examples
+    --------
+    >>> MemorySink().results()
+    {}
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        self._plan = None
+
+    def open(self, plan, source) -> None:
+        self._plan = plan
+        for key, (_step, _name, out) in plan.result_outputs().items():
+            if out.per_frame:
+                shape = out.result_shape(plan.input.scan_shape)
+                self._arrays[key] = np.full(shape, _fill(out.dtype), dtype=out.dtype)
+
+    def write_chunk(self, round_: int, region, per_frame: dict[str, np.ndarray]) -> None:
+        for key, value in per_frame.items():
+            arr = self._arrays[key]
+            arr[region.y[0]:region.y[1], region.x[0]:region.x[1]] = value.reshape(*region.shape, *arr.shape[2:])
+
+    def finish_round(self, round_: int, states: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
+        self._arrays.update(finals)
+
+    def results(self) -> dict[str, np.ndarray]:
+        return dict(self._arrays)
+
+
+class ZarrResultStore(ResultSink):
+    """A resumable Zarr v3 result store at ``path``.
+
+    Parameters
+    ----------
+    path
+        The output ``.zarr`` directory.
+    overwrite
+        Delete an existing store first; otherwise an existing store made by
+        the same pipeline on the same input is resumed, and any other store
+        is refused.
+    """
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        self.path = str(Path(path).expanduser().absolute())
+        self.overwrite = overwrite
+        self.group = None
+        self._arrays: dict[str, Any] = {}
+        self.resumed = False
+
+    # -- opening -------------------------------------------------------------
+    def _run_record(self, plan, source) -> dict[str, Any]:
+        return {"pipeline": plan.pipeline.to_dict(), "fingerprint": plan.pipeline.fingerprint(),
+                "input": source.identity(), "grid": list(source.grid), "n_rounds": plan.n_rounds,
+                "scan_shape": list(plan.input.scan_shape)}
+
+    def open(self, plan, source) -> None:
+        import zarr
+
+        from flow.store import prepare_output_path
+
+        record = self._run_record(plan, source)
+        final = Path(self.path)
+        if final.exists() and self.overwrite:
+            shutil.rmtree(final)
+        if final.exists():
+            self._check_resumable(final, record)
+            self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            self.resumed = True
+        else:
+            prepare_output_path(final, overwrite=False)  # parent exists and is writable
+            self.group = zarr.open_group(self.path, mode="w", zarr_format=3)
+            self.group.attrs.update({"diffraflow": StoreMarker(kind="result").model_dump(), "run": record,
+                                     "results": _results_record(plan)})
+            self._create_arrays(plan, source)
+        for key in plan.result_outputs():
+            self._arrays[key] = self.group[key]
+        self._progress = final / "_progress"
+        self._progress.mkdir(exist_ok=True)
+
+    def _check_resumable(self, final: Path, record: dict[str, Any]) -> None:
+        import zarr
+
+        fix = "pass --overwrite to replace it, or choose another --output"
+        try:
+            group = zarr.open_group(str(final), mode="r", zarr_format=3)
+            marker = StoreMarker.model_validate(dict(group.attrs.get("diffraflow", {})))
+            old = dict(group.attrs.get("run", {}))
+        except Exception:
+            raise OutputExistsError(str(final), "exists and is not a diffraflow result store", fix) from None
+        if marker.kind != "result":
+            raise OutputExistsError(str(final), f"exists and is a {marker.kind} store, not a result store", fix)
+        differs = []
+        if old.get("fingerprint") != record["fingerprint"]:
+            differs.append("pipeline")
+        old_in, new_in = old.get("input", {}), record["input"]
+        if any(old_in.get(k) != new_in.get(k) for k in ("shape", "dtype", "created", "sha256_1MiB")):
+            differs.append("input")
+        if old.get("grid") != record["grid"]:
+            differs.append(f"chunking (grid {old.get('grid')} vs {record['grid']})")
+        if differs:
+            raise OutputExistsError(str(final), f"holds results of a different {' and '.join(differs)}; "
+                                    "cannot resume into it", fix)
+
+    def _create_arrays(self, plan, source) -> None:
+        gy, gx = source.grid
+        for step in plan.steps:
+            saved = {k: v for k, v in step.outputs.items() if step.saved(k)}
+            if not saved:
+                continue
+            sub = self.group.create_group(step.name)
+            sub.attrs.update(_step_attrs(step))
+            for name, out in saved.items():
+                shape = out.result_shape(plan.input.scan_shape)
+                if out.per_frame:
+                    chunks = (gy, gx, *out.extra_shape)
+                else:
+                    chunks = tuple(max(1, s) for s in shape)
+                sub.create_array(name, shape=shape, chunks=chunks, dtype=out.dtype, fill_value=_fill(out.dtype),
+                                 dimension_names=_dims(name, out),
+                                 attributes={"kind": out.kind, "description": out.description,
+                                             "operator": step.op.name})
+
+    # -- progress ------------------------------------------------------------
+    def _round_dir(self, round_: int) -> Path:
+        path = self._progress / f"round{round_}"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def round_complete(self, round_: int) -> dict[str, Any] | None:
+        folder = self._progress / f"round{round_}"
+        if (folder / "complete").exists():
+            with open(folder / "state.pkl", "rb") as fh:
+                return pickle.load(fh)
+        return None
+
+    def done_chunks(self, round_: int) -> set[int]:
+        folder = self._progress / f"round{round_}"
+        if not folder.exists():
+            return set()
+        return {int(p.name.split(".")[0]) for p in folder.glob("*.done")}
+
+    def load_partials(self, round_: int) -> tuple[dict[str, dict[str, Any]], int]:
+        path = self._progress / f"round{round_}" / "partials.pkl"
+        if not path.exists():
+            return {}, 0
+        with open(path, "rb") as fh:
+            record = pickle.load(fh)
+        return record["merged"], int(record["n_merged"])
+
+    def write_chunk(self, round_: int, region, per_frame: dict[str, np.ndarray]) -> None:
+        for key, value in per_frame.items():
+            arr = self._arrays[key]
+            arr[region.y[0]:region.y[1], region.x[0]:region.x[1]] = value.reshape(*region.shape, *arr.shape[2:])
+
+    def mark_done(self, round_: int, region) -> None:
+        (self._round_dir(round_) / f"{region.index}.done").touch()
+
+    def save_partials(self, round_: int, merged: dict[str, dict[str, Any]], n_merged: int, final: bool) -> None:
+        _atomic_pickle(self._round_dir(round_) / "partials.pkl", {"merged": merged, "n_merged": n_merged})
+
+    def finish_round(self, round_: int, states: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
+        for key, value in finals.items():
+            self._arrays[key][...] = value
+        folder = self._round_dir(round_)
+        _atomic_pickle(folder / "state.pkl", states)
+        (folder / "complete").touch()
+
+    def complete(self) -> None:
+        marker = StoreMarker(kind="result", complete=True).model_dump()
+        self.group.attrs.update({"diffraflow": marker})
+        shutil.rmtree(self._progress, ignore_errors=True)
+
+    def results(self) -> dict[str, np.ndarray]:
+        return {key: np.asarray(arr[...]) for key, arr in self._arrays.items()}
+
+    def is_complete(self) -> bool:
+        """True when an earlier run finished this store."""
+        marker = dict(self.group.attrs.get("diffraflow", {})) if self.group is not None else {}
+        return bool(marker.get("complete"))
+
+
+def _atomic_pickle(path: Path, value: Any) -> None:
+    # Write aside then rename: a kill leaves the old file or the new one, never half of one.
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _step_attrs(step) -> dict[str, Any]:
+    extra = dict(step.op.result_attrs(step.spec) or {})
+    return json.loads(json.dumps({
+        "operator": step.op.name, "params": step.op.params(), "backend": step.step.backend,
+        "outputs": {k: {"kind": v.kind, "description": v.description, "product": v.product}
+                    for k, v in step.outputs.items() if step.saved(k)},
+        **extra,
+    }, default=str))
+
+
+def _results_record(plan) -> dict[str, Any]:
+    """The ``results`` group attribute (see :mod:`schemas.results`): one entry per step with saved outputs."""
+    record: dict[str, Any] = {}
+    for step in plan.steps:
+        saved = [k for k in step.outputs if step.saved(k)]
+        if not saved:
+            continue
+        products = sorted({step.outputs[k].product for k in saved if step.outputs[k].product})
+        extra = dict(step.op.result_attrs(step.spec) or {})
+        record[step.name] = json.loads(json.dumps({
+            **extra, "operator": step.op.name, "product": products[0] if len(products) == 1 else None,
+            "prefix": step.name, "variables": saved}, default=str))
+    return record
+
+
+def open_results(path: str | os.PathLike):
+    """Open a complete result store as an ``xarray.DataTree`` (one group per step).
+
+    Examples
+    --------
+    >>> # tree = open_results("out.zarr"); tree["vbf"]["image"]
+    """
+    import xarray as xr
+
+    from flow.store import open_group_checked
+
+    group = open_group_checked(path, kind="result")
+    if not group.attrs.get("diffraflow", {}).get("complete"):
+        raise SchemaError(str(path), "result store is incomplete", "re-run 'diffraflow run' to resume it")
+    return xr.open_datatree(str(path), engine="zarr", consolidated=False)

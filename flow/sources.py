@@ -1,0 +1,278 @@
+"""Chunk sources: where the frames of a run come from.
+
+A source tiles the scan into **regions** (the unit of one task) and reads one
+region's frames on demand, wherever the task runs. Only the source object (a
+path and a grid, never data) travels to workers, so the client never holds
+frames.
+
+:class:`ChunkSource` is the abstract protocol; :class:`ZarrCubeSource` reads a
+scan cube written by :mod:`flow.store`, :class:`ArraySource` wraps an
+in-memory array (tests, notebooks). A live detector stream will implement the
+same protocol later.
+
+Regions follow the cube chunking rules (:mod:`schemas.chunking`): a band of
+whole rows, or a run of frames inside one row, on a regular grid so that a
+region maps to exactly one chunk of every per-frame result array.
+
+Examples
+--------
+>>> import numpy as np
+>>> src = ArraySource(np.zeros((3, 4, 2, 2), "uint8"), chunk_frames=2)
+>>> [(r.index, r.y, r.x) for r in src.regions()][:3]
+[(0, (0, 1), (0, 2)), (1, (0, 1), (2, 4)), (2, (1, 2), (0, 2))]
+>>> src.read(next(iter(src.regions()))).shape
+(2, 2, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from operators.base import InputSpec
+from schemas.chunking import choose_layout
+from schemas.errors import SchemaError
+
+__all__ = ["Region", "ChunkSource", "ZarrCubeSource", "ArraySource", "region_grid", "iter_regions"]
+
+
+@dataclass(frozen=True)
+class Region:
+    """One task's share of the scan: rows ``y[0]:y[1]`` and columns ``x[0]:x[1]``.
+
+    Examples
+    --------
+    >>> r = Region(3, (1, 2), (0, 4), scan_x=4)
+    >>> r.n, r.flat_start, r.label()
+    (4, 4, 'chunk 3 (scan_y 1:2, scan_x 0:4)')
+    """
+
+    index: int
+    y: tuple[int, int]
+    x: tuple[int, int]
+    scan_x: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y[1] - self.y[0], self.x[1] - self.x[0])
+
+    @property
+    def n(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def flat_start(self) -> int:
+        return self.y[0] * self.scan_x + self.x[0]
+
+    def scan_index(self) -> np.ndarray:
+        """``(n, 2)`` array of the ``(y, x)`` positions of the region's frames, in scan order."""
+        yy, xx = np.meshgrid(np.arange(*self.y), np.arange(*self.x), indexing="ij")
+        return np.stack([yy.ravel(), xx.ravel()], axis=1)
+
+    def label(self) -> str:
+        """Human name used in progress files and error messages."""
+        return f"chunk {self.index} (scan_y {self.y[0]}:{self.y[1]}, scan_x {self.x[0]}:{self.x[1]})"
+
+
+def region_grid(scan_shape: tuple[int, int], det_shape: tuple[int, int], itemsize: int,
+                chunk_frames: int | None = None, default: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The ``(rows, cols)`` of one region: ``chunk_frames`` per the chunking rules, else ``default``.
+
+    Examples
+    --------
+    >>> region_grid((10, 6), (4, 4), 1, chunk_frames=4)
+    (1, 4)
+    >>> region_grid((10, 6), (4, 4), 1, chunk_frames=13)
+    (2, 6)
+    """
+    if chunk_frames is not None:
+        if chunk_frames < 1:
+            raise SchemaError("chunk_frames", f"must be a positive number of frames, got {chunk_frames}",
+                              "pass --chunk-frames 1 or more")
+        layout = choose_layout(scan_shape, det_shape, itemsize, chunk_frames=int(chunk_frames))
+        return layout.chunks[0], layout.chunks[1]
+    if default is not None:
+        return int(default[0]), int(default[1])
+    layout = choose_layout(scan_shape, det_shape, itemsize)
+    return layout.chunks[0], layout.chunks[1]
+
+
+def iter_regions(scan_shape: tuple[int, int], grid: tuple[int, int]) -> Iterator[Region]:
+    """Regions of a regular ``grid`` over the scan, in scan order.
+
+    Examples
+    --------
+    >>> [r.x for r in iter_regions((1, 5), (1, 2))]
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    sy, sx = scan_shape
+    gy, gx = grid
+    index = 0
+    for y0 in range(0, sy, gy):
+        for x0 in range(0, sx, gx):
+            yield Region(index, (y0, min(y0 + gy, sy)), (x0, min(x0 + gx, sx)), scan_x=sx)
+            index += 1
+
+
+@runtime_checkable
+class ChunkSource(Protocol):
+    """What the engine needs from a source of frames.
+
+    Attributes
+    ----------
+    spec
+        Scan and frame shapes, dtype and metadata of the frames.
+    grid
+        ``(rows, cols)`` of one region (the chunk shape of per-frame results).
+    """
+
+    spec: InputSpec
+    grid: tuple[int, int]
+
+    def regions(self) -> Iterator[Region]:
+        """The regions to process, in scan order."""
+        ...
+
+    def read(self, region: Region) -> np.ndarray:
+        """Frames of ``region`` as ``(n, det_y, det_x)``, in scan order."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """A JSON record identifying the data (recorded in result stores to refuse wrong resumes)."""
+        ...
+
+
+# Per-process cache of opened Zarr arrays: a task re-opening the store for
+# every chunk would re-read its metadata each time.
+_OPEN: dict[str, Any] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_patterns(path: str, variable: str):
+    key = f"{path}::{variable}"
+    arr = _OPEN.get(key)
+    if arr is None:
+        import zarr
+
+        with _OPEN_LOCK:
+            arr = _OPEN.get(key)
+            if arr is None:
+                arr = zarr.open_group(path, mode="r", zarr_format=3)[variable]
+                _OPEN[key] = arr
+    return arr
+
+
+class ZarrCubeSource:
+    """Frames of a complete scan cube (:func:`flow.store.open_cube` layout).
+
+    Opening checks the store marker and metadata and reads no frames.
+
+    Parameters
+    ----------
+    path
+        The ``.zarr`` scan cube.
+    chunk_frames
+        Frames per region; default: the store's own chunks, so each task
+        reads whole stored chunks.
+    variable
+        The frame variable (default ``patterns``).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> from flow.store import create_cube
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "s.zarr"
+    >>> with create_cube(out, scan_shape=(2, 3), det_shape=(4, 4), dtype="uint8",
+    ...                  attrs={"modality": "ebsd", "detector": {"shape": [4, 4]}}) as w:
+    ...     w.patterns.append(np.ones((6, 4, 4), "uint8")); _ = w.finalize()
+    >>> src = ZarrCubeSource(out, chunk_frames=3)
+    >>> src.spec.scan_shape, src.grid, int(src.read(next(iter(src.regions()))).sum())
+    ((2, 3), (1, 3), 48)
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk_frames: int | None = None, variable: str = "patterns") -> None:
+        from flow.store import open_group_checked
+        from schemas.cube import validate_scan_attrs
+
+        self.path = str(Path(path).expanduser().absolute())
+        self.variable = variable
+        group = open_group_checked(self.path, kind="scan_cube")
+        scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=self.path)
+        if variable not in group:
+            raise SchemaError(f"{self.path}: {variable}", "store has no such array", "pass a scan cube")
+        arr = group[variable]
+        shape = tuple(int(s) for s in arr.shape)
+        self.spec = InputSpec(scan_shape=shape[:2], det_shape=shape[2:], dtype=np.dtype(str(arr.dtype)),
+                              attrs=scan.model_dump(mode="json"))
+        self.store_chunks = tuple(int(c) for c in arr.chunks[:2])
+        self.grid = region_grid(self.spec.scan_shape, self.spec.det_shape, self.spec.dtype.itemsize,
+                                chunk_frames, default=self.store_chunks)
+        self._created = scan.provenance.created
+
+    def variables(self) -> dict[str, Any]:
+        """The cube's other arrays (backgrounds, masks, ground truth), lazily, for ``bind_store_variables``."""
+        import zarr
+
+        group = zarr.open_group(self.path, mode="r", zarr_format=3)
+        return {name: arr for name, arr in group.arrays() if name != self.variable}
+
+    def regions(self) -> Iterator[Region]:
+        return iter_regions(self.spec.scan_shape, self.grid)
+
+    def n_regions(self) -> int:
+        """How many regions :meth:`regions` yields."""
+        (sy, sx), (gy, gx) = self.spec.scan_shape, self.grid
+        return -(-sy // gy) * -(-sx // gx)
+
+    def read(self, region: Region) -> np.ndarray:
+        arr = _open_patterns(self.path, self.variable)
+        block = arr[region.y[0]:region.y[1], region.x[0]:region.x[1]]
+        return np.asarray(block).reshape(region.n, *self.spec.det_shape)
+
+    def identity(self) -> dict[str, Any]:
+        return {"path": self.path, "variable": self.variable, "shape": [*self.spec.scan_shape, *self.spec.det_shape],
+                "dtype": self.spec.dtype.str, "created": self._created}
+
+
+class ArraySource:
+    """Frames of an in-memory array ``(scan_y, scan_x, det_y, det_x)``.
+
+    The array travels with the source to workers: use it for small data and
+    tests; use :class:`ZarrCubeSource` for real scans.
+
+    Examples
+    --------
+    >>> ArraySource(np.ones((2, 2, 3, 3), "uint16")).spec.n_frames
+    4
+    """
+
+    def __init__(self, array: np.ndarray, chunk_frames: int | None = None, attrs: dict[str, Any] | None = None) -> None:
+        array = np.asarray(array)
+        if array.ndim != 4:
+            raise SchemaError("array", f"expected 4-d frames (scan_y, scan_x, det_y, det_x), got shape {array.shape}",
+                              "reshape the data to (scan_y, scan_x, det_y, det_x)")
+        self.array = array
+        self.spec = InputSpec(scan_shape=array.shape[:2], det_shape=array.shape[2:], dtype=array.dtype, attrs=attrs)
+        self.grid = region_grid(self.spec.scan_shape, self.spec.det_shape, array.dtype.itemsize, chunk_frames)
+
+    def regions(self) -> Iterator[Region]:
+        return iter_regions(self.spec.scan_shape, self.grid)
+
+    def n_regions(self) -> int:
+        (sy, sx), (gy, gx) = self.spec.scan_shape, self.grid
+        return -(-sy // gy) * -(-sx // gx)
+
+    def read(self, region: Region) -> np.ndarray:
+        block = self.array[region.y[0]:region.y[1], region.x[0]:region.x[1]]
+        return np.ascontiguousarray(block).reshape(region.n, *self.spec.det_shape)
+
+    def identity(self) -> dict[str, Any]:
+        digest = hashlib.sha256(np.ascontiguousarray(self.array).view(np.uint8).ravel()[: 1 << 20]).hexdigest()[:16]
+        return {"array": list(self.array.shape), "dtype": self.array.dtype.str, "sha256_1MiB": digest}

@@ -1,0 +1,163 @@
+"""Exporters: .ang, .ctf, orix .h5 round trips through orix's readers; PNG pictures; dispatch errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flow.crystal_map import read_crystal_map, write_crystal_map_store
+from flow.exporters import EXPORTERS, export_crystal_map, exporter_for
+from flow.exporters.ang import oim_symmetry_code, write_ang
+from flow.exporters.ctf import laue_group_code, write_ctf
+from flow.exporters.orix_h5 import write_orix_h5
+from schemas.errors import OutputExistsError, UnknownFormatError
+from tests.flow.crystal_map_fixtures import (
+    REAL_ANG,
+    REAL_CTF,
+    make_xmap,
+    max_misorientation,
+    phase_names,
+)
+
+TOL_DEG = 1e-4
+
+
+def _load(path):
+    import orix.io
+
+    if str(path).endswith(".ang"):
+        return orix.io.load(path, autogen_names=False)
+    return orix.io.load(path)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (1, 6), (9, 2)])
+def test_ang_round_trip_two_phases_not_indexed(tmp_path, shape):
+    xmap = make_xmap(shape, ("ni", "fe"), seed=sum(shape))
+    back = _load(write_ang(xmap, tmp_path / "m.ang"))
+    indexed = xmap.phase_id >= 0
+    assert back.size == xmap.size
+    np.testing.assert_array_equal(back.phase_id >= 0, indexed)
+    np.testing.assert_array_equal(phase_names(back), phase_names(xmap))
+    assert max_misorientation(xmap, back, indexed) < TOL_DEG
+    np.testing.assert_allclose(back.prop["ci"][indexed], xmap.prop["confidence"][indexed], atol=1e-4)
+    np.testing.assert_allclose(back.prop["iq"], xmap.prop["pattern_quality"], atol=1e-3)
+    np.testing.assert_allclose(back.prop["fit"][indexed], xmap.prop["fit"][indexed], atol=1e-4)
+    assert (back.prop["ci"][~indexed] == -1).all()
+    if shape[0] > 1:
+        assert back.shape == shape and (back.dy, back.dx) == (1.5, 0.5)
+
+
+def test_ang_header_layout(tmp_path):
+    text = write_ang(make_xmap((3, 4), ("ni", "fe")), tmp_path / "m.ang",
+                     metadata={"detector": {"shape": [60, 60], "pc": [0.4, 0.3, 0.5]}}).read_text()
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    keys = [line[2:].split()[0] for line in header if len(line) > 2]
+    for key in ("TEM_PIXperUM", "x-star", "Phase", "MaterialName", "Formula", "Symmetry", "LatticeConstants",
+                "NumberFamilies", "GRID:", "XSTEP:", "YSTEP:", "NCOLS_ODD:", "NCOLS_EVEN:", "NROWS:"):
+        assert key in keys
+    assert "# y-star                0.700000" in header  # Bruker PCy 0.3 is 0.7 in EDAX/TSL
+    assert header.index("# Phase 2") < header.index("# Phase 1")  # OIM lists phases last to first
+    assert "# Symmetry              43" in header
+    assert "# LatticeConstants      3.5236 3.5236 3.5236  90.000 90.000 90.000" in header
+    rows = [line.split() for line in text.splitlines() if not line.startswith("#")]
+    assert len(rows) == 12 and all(len(r) == 10 for r in rows)
+
+
+@pytest.mark.parametrize("point_group, code", [("m-3m", "43"), ("432", "43"), ("m-3", "23"), ("6/mmm", "62"),
+                                                ("4/mmm", "42"), ("mmm", "22"), ("-3m", "32"), ("-1", "1")])
+def test_ang_symmetry_codes_read_back(tmp_path, point_group, code):
+    from orix.crystal_map import CrystalMap, Phase, PhaseList
+    from orix.quaternion import Rotation
+
+    phase = Phase("p", point_group=point_group)
+    assert oim_symmetry_code(phase) == code
+    xmap = CrystalMap(Rotation.random(2), phase_list=PhaseList(phase))
+    back = _load(write_ang(xmap, tmp_path / "m.ang"))
+    assert back.phases[1].point_group.proper_subgroup.name == phase.point_group.proper_subgroup.name
+
+
+def test_real_ang_store_export_reload(tmp_path):
+    """Real dual-phase EDAX map: orix load -> our store -> .ang -> orix load: identical."""
+    original = _load(REAL_ANG)
+    store = write_crystal_map_store(original, tmp_path / "sdss.zarr")
+    out = export_crystal_map(read_crystal_map(store), tmp_path / "sdss.ang")[0]
+    back = _load(out)
+    assert back.shape == original.shape and (back.dx, back.dy) == (original.dx, original.dy)
+    np.testing.assert_array_equal(phase_names(back), phase_names(original))
+    assert max_misorientation(original, back, original.phase_id >= 0) < TOL_DEG
+    np.testing.assert_allclose(back.prop["iq"], original.prop["iq"], atol=1e-4)
+    np.testing.assert_allclose(back.prop["ci"], original.prop["dp"], atol=1e-4)
+    for (_, a), (_, b) in zip(original.phases, back.phases, strict=True):
+        assert a.structure.lattice.a == pytest.approx(b.structure.lattice.a, abs=1e-3)
+
+
+def test_ctf_round_trip_and_header_style(tmp_path):
+    xmap = make_xmap((6, 4), ("ni", "fe"), seed=3)
+    out = write_ctf(xmap, tmp_path / "m.ctf", metadata={"beam_energy_kv": 20, "detector": {"sample_tilt": 70}})
+    back = _load(out)
+    indexed = xmap.phase_id >= 0
+    np.testing.assert_array_equal(phase_names(back), phase_names(xmap))
+    assert max_misorientation(xmap, back, indexed) < TOL_DEG
+    np.testing.assert_allclose(back.prop["MAD"][indexed], xmap.prop["fit"][indexed], atol=1e-4)
+    np.testing.assert_array_equal(back.prop["bands"][indexed], xmap.prop["n_bands"][indexed])
+    assert back.shape == (6, 4) and (back.dy, back.dx) == (1.5, 0.5)
+    assert back.phases[2].space_group.number == 229
+    # Same header keys, in the same order, as a real HKL Channel 5 file
+    ours = [line.split("\t")[0] for line in out.read_text().splitlines()[:13]]
+    with open(REAL_CTF) as fh:
+        real = [fh.readline().split("\t")[0].rstrip("\n") for _ in range(13)]
+    assert ours == real
+    assert "KV\t20\tTiltAngle\t70" in out.read_text()
+
+
+def test_ctf_real_file_codes(tmp_path):
+    from operators.crystallography import get_phase
+
+    assert laue_group_code(get_phase("ni")) == 11 and laue_group_code(get_phase("cr3si")) == 11
+    copper = _load(REAL_CTF)
+    back = _load(write_ctf(copper, tmp_path / "cu.ctf"))
+    assert max_misorientation(copper, back, copper.phase_id >= 0) < TOL_DEG
+    assert back.phases[1].name == "Copper" and back.phases[1].space_group.number == 225
+
+
+def test_real_ang_to_ctf(tmp_path):
+    original = _load(REAL_ANG)
+    back = _load(write_ctf(original, tmp_path / "sdss.ctf"))
+    np.testing.assert_array_equal(phase_names(back), phase_names(original))
+    assert max_misorientation(original, back, original.phase_id >= 0) < TOL_DEG
+
+
+def test_orix_h5_round_trip(tmp_path):
+    xmap = make_xmap((4, 5), ("ni", "fe"))
+    back = _load(write_orix_h5(xmap, tmp_path / "m.h5"))
+    np.testing.assert_allclose(back.rotations.data, xmap.rotations.data, atol=1e-12)
+    np.testing.assert_array_equal(back.phase_id, xmap.phase_id)
+    np.testing.assert_array_equal(back.prop["confidence"], xmap.prop["confidence"])
+
+
+def test_pngs(tmp_path):
+    from PIL import Image
+
+    from flow.plots_crystal import ipf_rgb
+
+    xmap = make_xmap((6, 9), ("ni", "fe"))
+    paths = export_crystal_map(xmap, tmp_path / "m.png", ipf_direction="x")
+    assert [p.name for p in paths] == ["m_ipf.png", "m_confidence.png", "m_fit.png", "m_phase.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+    rgb = ipf_rgb(xmap, "z")
+    assert (rgb.reshape(-1, 3)[xmap.phase_id < 0] == 0).all()
+    assert (rgb.reshape(-1, 3)[xmap.phase_id >= 0].max(axis=1) > 0.5).all()
+
+
+def test_dispatch_and_errors(tmp_path):
+    assert sorted(EXPORTERS) == [".ang", ".ctf", ".h5", ".hdf5", ".png"]
+    assert exporter_for("A.ANG") is write_ang
+    with pytest.raises(UnknownFormatError, match="unknown export format '.txt'"):
+        exporter_for(tmp_path / "m.txt")
+    out = write_ang(make_xmap(), tmp_path / "m.ang")
+    with pytest.raises(OutputExistsError, match="pass --overwrite"):
+        write_ang(make_xmap(), out)
+    write_ang(make_xmap(), out, overwrite=True)
+    assert not list(tmp_path.glob(".*partial*"))

@@ -1,0 +1,129 @@
+"""``diffraflow index``: stream a simulated EBSD cube through the HoughIndexer into a crystal-map store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flow.cli import main
+from flow.crystal_map import read_crystal_map, read_crystal_map_record
+
+SCAN = (6, 7)
+
+
+def _make_cube(path, pc=True, per_point=False, modality="ebsd"):
+    from flow.store import create_cube
+    from operators.crystallography.phases import get_phase, phase_to_record
+    from operators.simulate.ebsd import simulate_ebsd
+
+    sim = simulate_ebsd(SCAN, det_shape=(60, 60), n_grains=3, dose=300, seed=4)
+    det = {"shape": [60, 60], "sample_tilt": sim.sample_tilt, "camera_tilt": sim.camera_tilt}
+    if pc:
+        det["pc"] = list(sim.pc)
+    attrs = {"modality": modality, "detector": det, "beam_energy_kv": 20, "step_size": {"y": 2.0, "x": 1.0},
+             "phases": [dict(phase_to_record(get_phase("ni")), id=0)]}
+    patterns, _ = sim.all_patterns()
+    with create_cube(path, scan_shape=SCAN, det_shape=(60, 60), dtype=patterns.dtype, attrs=attrs,
+                     chunk_frames=SCAN[1]) as writer:
+        writer.patterns.append(patterns.reshape(-1, 60, 60))
+        writer.write_variable("true_rotation", sim.true_rotation, ("scan_y", "scan_x", "quat"), ground_truth=True)
+        if per_point:
+            pcs = np.broadcast_to(np.asarray(sim.pc, dtype=float), (*SCAN, 3)).copy()
+            writer.write_variable("pc", pcs, ("scan_y", "scan_x", "pc_component"),
+                                  attributes={"convention": "bruker"})
+        writer.finalize()
+    return sim
+
+
+@pytest.fixture(scope="module")
+def cubes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cubes")
+    sim = _make_cube(root / "scan.zarr")
+    _make_cube(root / "scan_pp.zarr", pc=False, per_point=True)
+    _make_cube(root / "scan_nopc.zarr", pc=False)
+    return root, sim
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffraflow index: error: ") and "\n" not in err, err
+    return err
+
+
+def test_index_streams_blocks_and_matches_truth(cubes, tmp_path, monkeypatch, capsys):
+    from orix.quaternion import Orientation
+
+    import flow.commands.index as index_command
+
+    monkeypatch.setattr(index_command, "BLOCK_PATTERNS", 2 * SCAN[1])  # three blocks of two rows
+    root, sim = cubes
+    out = tmp_path / "cm.zarr"
+    assert main(["index", str(root / "scan.zarr"), str(out), "--phase", "ni", "--backend", "cpu"]) == 0
+    assert "indexed" in capsys.readouterr().out
+    xmap = read_crystal_map(out)
+    assert xmap.shape == SCAN and (xmap.dy, xmap.dx) == (2.0, 1.0)
+    _, _, record = read_crystal_map_record(out)
+    assert record["operator"] == "hough_index"
+    assert record["projection_centre"]["source"] == "cube detector.pc"
+    assert record["scan"]["beam_energy_kv"] == 20 and record["phases"][0]["name"] == "ni"
+    symmetry = xmap.phases[0].point_group
+    angles = Orientation(xmap.rotations.data, symmetry).angle_with(
+        Orientation(sim.true_rotation.reshape(-1, 4), symmetry), degrees=True)
+    assert np.mean(angles < 2.0) > 0.8, np.median(angles)
+    # Same answer as the indexer on the whole scan at once: streaming changes nothing
+    from kikuchipy.detectors import EBSDDetector
+
+    from operators.crystallography import get_phase
+    from operators.indexing import HoughIndexer
+
+    patterns, _ = sim.all_patterns()
+    detector = EBSDDetector((60, 60), pc=sim.pc, sample_tilt=sim.sample_tilt, tilt=sim.camera_tilt)
+    whole = HoughIndexer([get_phase("ni")], detector, backend="cpu").index(patterns.reshape(*SCAN, 60, 60))
+    np.testing.assert_allclose(xmap.rotations.data, whole.rotations.data, atol=1e-6)
+    np.testing.assert_array_equal(xmap.phase_id, whole.phase_id)
+
+
+def test_index_per_point_pc_and_phases_from_metadata(cubes, tmp_path):
+    root, _ = cubes
+    assert main(["index", str(root / "scan.zarr"), str(tmp_path / "a.zarr"), "--backend", "cpu"]) == 0
+    assert main(["index", str(root / "scan_pp.zarr"), str(tmp_path / "b.zarr"), "--backend", "cpu"]) == 0
+    _, _, record = read_crystal_map_record(tmp_path / "b.zarr")
+    assert record["projection_centre"]["per_point"] is True
+    a, b = read_crystal_map(tmp_path / "a.zarr"), read_crystal_map(tmp_path / "b.zarr")
+    np.testing.assert_allclose(a.rotations.data, b.rotations.data, atol=1e-6)
+
+
+def test_index_missing_pc(cubes, tmp_path, capsys):
+    root, sim = cubes
+    out = tmp_path / "cm.zarr"
+    assert main(["index", str(root / "scan_nopc.zarr"), str(out), "--phase", "ni"]) == 2
+    assert "projection centre is unknown" in (err := _err(capsys)) and "--pc X Y Z" in err
+    assert not out.exists()
+    pc = [str(v) for v in sim.pc]
+    assert main(["index", str(root / "scan_nopc.zarr"), str(out), "--phase", "ni", "--pc", *pc,
+                 "--pc-convention", "bruker", "--backend", "cpu"]) == 0
+    _, _, record = read_crystal_map_record(out)
+    assert record["projection_centre"]["source"] == "--pc"
+
+
+def test_index_png_and_overwrite(cubes, tmp_path, capsys):
+    root, _ = cubes
+    out = tmp_path / "cm.zarr"
+    args = ["index", str(root / "scan.zarr"), str(out), "--phase", "ni", "--backend", "cpu", "--png"]
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["cm_confidence.png", "cm_fit.png", "cm_ipf.png",
+                                                              "cm_phase.png"]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "output already exists" in _err(capsys)
+    assert main([*args[:-1], "--overwrite"]) == 0
+
+
+def test_index_errors(cubes, tmp_path, capsys):
+    root, _ = cubes
+    assert main(["index", str(root / "scan.zarr"), str(tmp_path / "x.zarr"), "--phase", "nickle"]) == 2
+    assert "did you mean 'nickel'" in _err(capsys)
+    assert main(["index", str(tmp_path / "none.zarr"), str(tmp_path / "x.zarr"), "--phase", "ni"]) == 2
+    assert "no such store" in _err(capsys)
+    _make_cube(tmp_path / "tem.zarr", modality="tkd")  # TKD is indexable too
+    assert main(["index", str(tmp_path / "tem.zarr"), str(tmp_path / "t.zarr"), "--backend", "cpu"]) == 0

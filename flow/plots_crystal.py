@@ -208,7 +208,7 @@ def plot_property_map(xmap, name: str, path: str | os.PathLike, label: str | Non
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap=colormap, interpolation="nearest", extent=_extent(xmap, shape))
     fig.colorbar(image, ax=ax, label=label or name, shrink=0.8)
-    _style_map_axes(ax, xmap, f"{label or name} (not indexed: black)")
+    _style_map_axes(ax, xmap, f"{name.replace('_', ' ')} (not indexed: black)")
     return _save(fig, Path(path), overwrite)
 
 
@@ -234,7 +234,6 @@ def _distinct_colors(colors: list[str | None]) -> list[tuple[float, float, float
 
 def plot_phase_map(xmap, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Phase map with a legend (name and area fraction per phase); not-indexed points black."""
-    from matplotlib.colors import to_rgb
     from matplotlib.patches import Patch
 
     from flow.crystal_map import crystal_map_grid
@@ -302,6 +301,6 @@ def write_crystal_map_pngs(xmap, base: str | os.PathLike, ipf_direction: str = "
     return [
         plot_ipf_map(xmap, paths["ipf"], ipf_direction, overwrite),
         plot_property_map(xmap, "confidence", paths["confidence"], "confidence index", "viridis", overwrite),
-        plot_property_map(xmap, "fit", paths["fit"], "fit (mean angular deviation, °)", "plasma_r", overwrite),
+        plot_property_map(xmap, "fit", paths["fit"], "mean angular deviation (°)", "plasma_r", overwrite),
         plot_phase_map(xmap, paths["phase"], overwrite),
     ]

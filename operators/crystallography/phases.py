@@ -172,6 +172,27 @@ def _phase_from_cif(path: Path):
     return phase
 
 
+_SYMBOLS = (
+    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
+    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb "
+    "Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm"
+).split()
+
+
+def element_symbol(element: Any) -> str:
+    """An element symbol from a symbol or an atomic number (h5ebsd files store numbers).
+
+    Examples
+    --------
+    >>> element_symbol("28"), element_symbol(13), element_symbol("Fe")
+    ('Ni', 'Al', 'Fe')
+    """
+    text = str(element).strip()
+    if text.isdigit() and 1 <= int(text) <= len(_SYMBOLS):
+        return _SYMBOLS[int(text) - 1]
+    return text
+
+
 def phase_to_record(phase) -> dict[str, Any]:
     """A JSON-friendly record of an orix ``Phase`` for the cube metadata.
 
@@ -190,7 +211,7 @@ def phase_to_record(phase) -> dict[str, Any]:
         "lattice": [float(lat.a), float(lat.b), float(lat.c),
                     float(lat.alpha), float(lat.beta), float(lat.gamma)],
         "atoms": [
-            {"element": str(atom.element), "xyz": [float(v) for v in atom.xyz],
+            {"element": element_symbol(atom.element), "xyz": [float(v) for v in atom.xyz],
              "occupancy": float(atom.occupancy)}
             for atom in structure
         ],

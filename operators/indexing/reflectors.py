@@ -20,13 +20,11 @@ Everything here runs once per phase in the indexer's constructor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import gcd
-
 import numpy as np
 
 from schemas.errors import SchemaError
 
-__all__ = ["ReflectorTable", "build_reflector_table"]
+__all__ = ["ReflectorTable", "build_reflector_table", "phase_in_angstrom"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +67,6 @@ class ReflectorTable:
     symmetry: np.ndarray
 
 
-def _reduce(hkl: np.ndarray) -> tuple[int, int, int]:
-    g = 0
-    for x in hkl:
-        g = gcd(g, int(abs(x)))
-    g = max(g, 1)
-    return tuple(int(x) // g for x in hkl)  # type: ignore[return-value]
-
-
 def _direction_key(v: np.ndarray) -> tuple[int, int, int]:
     # Sign-free key for a unit vector: the sign is fixed by the first clearly
     # non-zero component, then rounded for hashing.
@@ -89,11 +79,32 @@ def _direction_key(v: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(round(x * 1e5)) for x in w)  # type: ignore[return-value]
 
 
+def phase_in_angstrom(phase):
+    """Copy of an orix phase with its lattice in Ångström, as diffsims expects.
+
+    kikuchipy and orix phases carry nanometres; diffsims' structure factors
+    and Bragg angles assume Ångström (its ``calculate_theta`` docstring says
+    so), so a nanometre lattice would give ten-times-too-large Bragg angles and
+    over-damped atomic scattering factors.
+
+    Examples
+    --------
+    >>> from operators.crystallography import get_phase
+    >>> round(phase_in_angstrom(get_phase("ni")).structure.lattice.a, 4)
+    3.5236
+    """
+    p = phase.deepcopy()
+    lat = p.structure.lattice
+    if lat.a < 2.0:  # nm: no real crystal has a < 2 Å
+        lat.setLatPar(a=lat.a * 10, b=lat.b * 10, c=lat.c * 10)
+    return p
+
+
 def _kinematical_intensity(phase, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """|F|^2 and unit Cartesian normals of ``hkl`` rows (diffsims, X-ray tables)."""
     from diffsims.crystallography import ReciprocalLatticeVector
 
-    rlv = ReciprocalLatticeVector(phase.deepcopy(), hkl=hkl)
+    rlv = ReciprocalLatticeVector(phase_in_angstrom(phase), hkl=hkl)
     rlv.sanitise_phase()  # expands the asymmetric unit so F sums the whole cell
     rlv.calculate_structure_factor()
     f2 = np.abs(np.asarray(rlv.structure_factor)) ** 2
@@ -158,26 +169,27 @@ def build_reflector_table(
         )
     allowed = f2 > 1e-6 * f2max
 
-    # First allowed order per sign-free direction: a band's position is that of
-    # its plane normal; higher orders only add to the same band.
-    best: dict[tuple[int, int, int], tuple[int, float, np.ndarray, np.ndarray]] = {}
+    # One entry per sign-free direction, from its strongest order: a band's
+    # position is that of its plane normal and every order adds to the same
+    # band (superlattice orders of ordered phases are weak, so e.g. L1_2's
+    # [100] direction is ranked by 200, not by 100).
+    best: dict[tuple[int, int, int], tuple[float, int, np.ndarray, np.ndarray]] = {}
     for i in np.flatnonzero(allowed):
-        red = _reduce(hkl[i])
         key = _direction_key(xyz[i])
-        order = int(round(np.abs(hkl[i]).max() / max(np.abs(red).max(), 1)))
+        order = int(np.abs(hkl[i]).sum())
         prev = best.get(key)
-        if prev is None or order < prev[0]:
-            best[key] = (order, float(f2[i]), hkl[i], xyz[i])
+        if prev is None or f2[i] > prev[0] * (1 + 1e-9) or (abs(f2[i] - prev[0]) <= 1e-9 * prev[0] and order < prev[1]):
+            best[key] = (float(f2[i]), order, hkl[i], xyz[i])
 
     # Group directions into families: orbit under the proper Laue group (± free).
     fam_of: dict[tuple[int, int, int], int] = {}
     fam_members: list[list[np.ndarray]] = []
     fam_rep: list[np.ndarray] = []
     fam_int: list[float] = []
-    for key in sorted(best, key=lambda k: (-best[k][1], np.abs(best[k][2]).sum(), k)):
+    for key in sorted(best, key=lambda k: (-best[k][0], best[k][1], k)):
         if key in fam_of:
             continue
-        _, inten, h, v = best[key]
+        inten, _, h, v = best[key]
         members: dict[tuple[int, int, int], np.ndarray] = {}
         for s in sym:
             w = s @ v

@@ -53,7 +53,10 @@ def kinematical_master_pattern(phase, half_size: int = 200, min_dspacing: float 
     from diffsims.crystallography import ReciprocalLatticeVector
     from kikuchipy.simulations import KikuchiPatternSimulator
 
-    ref = ReciprocalLatticeVector.from_min_dspacing(phase.deepcopy(), min_dspacing=min_dspacing)
+    from operators.indexing.reflectors import phase_in_angstrom
+
+    # diffsims works in Ångström (see phase_in_angstrom); min_dspacing is in nm.
+    ref = ReciprocalLatticeVector.from_min_dspacing(phase_in_angstrom(phase), min_dspacing=10 * min_dspacing)
     ref.sanitise_phase()
     ref.calculate_structure_factor()
     f = np.abs(ref.structure_factor)

@@ -40,6 +40,11 @@ class TestStaticBackgroundScaled(OperatorConformance):
     operator = RemoveStaticBackground(background=BG, scale_to_dtype="uint8")
     frames = FRAMES
 
+    def reference(self, frames):
+        diff = (frames.astype(np.float32) - BG.astype(np.float32)).astype(np.float64)
+        lo, hi = diff.min(axis=(2, 3), keepdims=True), diff.max(axis=(2, 3), keepdims=True)
+        return {"patterns": np.rint((diff - lo) / (hi - lo) * 255).astype(np.uint8)}
+
 
 class TestDynamicBackground(OperatorConformance):
     operator = RemoveDynamicBackground(sigma=1.5)
@@ -56,6 +61,14 @@ class TestNormalize(OperatorConformance):
     operator = Normalize(method="zscore", mask_radius=3.5)
     frames = FRAMES
     atol = 1e-6
+
+    def reference(self, frames):
+        yy, xx = np.mgrid[:8, :10]
+        disk = (yy - 3.5) ** 2 + (xx - 4.5) ** 2 <= 3.5**2
+        f = frames.astype(np.float64)
+        inside = f[..., disk]
+        z = (f - inside.mean(axis=-1)[..., None, None]) / inside.std(axis=-1)[..., None, None]
+        return {"patterns": (z * disk).astype(np.float32)}
 
 
 class TestDetectorMask(OperatorConformance):

@@ -54,7 +54,8 @@ def register(subparsers) -> None:
                         default="bruker", help="convention of --pc (default bruker)")
     parser.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto",
                         help="compute backend (default auto: CUDA when available)")
-    parser.add_argument("--n-bands", type=int, default=9, help="bands to detect per pattern (default 9)")
+    parser.add_argument("--n-bands", type=int, default=None,
+                        help="bands to detect per pattern (default: the indexer's)")
     parser.add_argument("--static-background", action=argparse.BooleanOptionalAction, default=True,
                         help="subtract the cube's static_background variable when present (default yes)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -141,8 +142,10 @@ def run(args) -> int:
         background = np.asarray(ds["static_background"].values, dtype=np.float32)
         if background.shape != (sy, sx):
             background = None
-    indexer = HoughIndexer(phase_list, detector, n_bands=args.n_bands, backend=args.backend,
-                           static_background=background)
+    options: dict = {"backend": args.backend, "static_background": background}
+    if args.n_bands is not None:
+        options["n_bands"] = args.n_bands
+    indexer = HoughIndexer(phase_list, detector, **options)
     per_point_pc = np.asarray(pc).ndim == 3
     records, mapping = phase_records_from_phase_list(phase_list)
     if mapping != {i: i for i in range(len(records))}:  # built with ids 0..n-1 above

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["butterfly_kernels", "butterfly_block", "find_peaks"]
+__all__ = ["butterfly_kernels", "butterfly_block", "find_peaks", "sample_radon"]
 
 
 def butterfly_kernels(sigma_rho: float, sigma_theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -197,3 +197,26 @@ def find_peaks(f, valid, b, n_bands, out_t, out_r, out_h):  # pragma: no cover -
         out_t[k] = t + dt
         out_r[k] = i + di
     return found
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def sample_radon(f, valid, b, t, i):  # pragma: no cover - numba
+    """Bilinear value of pattern ``b``'s filtered transform at fractional bins.
+
+    Returns ``(ok, value)``; ``ok`` is False if any of the four bins is invalid.
+    """
+    n_theta, n_rho = valid.shape
+    t0 = int(np.floor(t))
+    i0 = int(np.floor(i))
+    ft = t - t0
+    fi = i - i0
+    acc = 0.0
+    for dt in range(2):
+        wt = ft if dt == 1 else 1.0 - ft
+        for di in range(2):
+            wi = fi if di == 1 else 1.0 - fi
+            ok, v = _value(f, valid, t0 + dt, i0 + di, b, n_theta, n_rho)
+            if not ok:
+                return False, 0.0
+            acc += wt * wi * v
+    return True, acc

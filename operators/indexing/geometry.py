@@ -26,7 +26,7 @@ import numpy as np
 
 from schemas.errors import SchemaError
 
-__all__ = ["detector_to_sample_matrix", "pc_array", "band_normals"]
+__all__ = ["detector_to_sample_matrix", "pc_array", "band_normals", "normal_to_line"]
 
 
 def detector_to_sample_matrix(detector) -> np.ndarray:
@@ -125,3 +125,36 @@ def band_normals(rho, theta, n, pc, nrows, ncols, m_ds, out):  # pragma: no cove
         norm = np.sqrt(out[k, 0] ** 2 + out[k, 1] ** 2 + out[k, 2] ** 2)
         for a in range(3):
             out[k, a] /= norm
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def normal_to_line(n_sample, pc, nrows, ncols, m_ds):  # pragma: no cover - numba
+    """Inverse of :func:`band_normals`: the line ``(rho, theta)`` of a plane.
+
+    Returns ``(ok, rho, theta)`` with ``theta`` in ``[0, pi)``; ``ok`` is
+    False when the plane is parallel to the screen.
+    """
+    # Detector-frame normal: m_ds is orthogonal, so its transpose inverts it.
+    a = m_ds[0, 0] * n_sample[0] + m_ds[1, 0] * n_sample[1] + m_ds[2, 0] * n_sample[2]
+    bb = m_ds[0, 1] * n_sample[0] + m_ds[1, 1] * n_sample[1] + m_ds[2, 1] * n_sample[2]
+    c = m_ds[0, 2] * n_sample[0] + m_ds[1, 2] * n_sample[1] + m_ds[2, 2] * n_sample[2]
+    k = np.sqrt(a * a + bb * bb)
+    if k < 1e-9:
+        return False, 0.0, 0.0
+    x_off = ncols * (0.5 - pc[0])
+    y_off = nrows * (pc[1] - 0.5)
+    z = nrows * pc[2]
+    # Plane a*x + b*y + c*z = 0 with x = u + x_off, y = -v + y_off:
+    # a*u - b*v = -(a*x_off + b*y_off + c*z).
+    ct = a / k
+    st = -bb / k
+    rho = -(a * x_off + bb * y_off + c * z) / k
+    if st < 0 or (st == 0 and ct < 0):
+        ct = -ct
+        st = -st
+        rho = -rho
+    theta = np.arctan2(st, ct)
+    if theta >= np.pi:
+        theta -= np.pi
+        rho = -rho
+    return True, rho, theta

@@ -215,6 +215,9 @@ class HoughIndexer:
         self._pair_off = offsets([x.pair_angle for x in t])
         self._ref = np.ascontiguousarray(np.concatenate([x.normals for x in t]))
         self._ref_off = offsets([x.normals for x in t])
+        self._ref_w = np.ascontiguousarray(
+            np.concatenate([x.family_intensity[x.normal_family] for x in t]).astype(np.float64)
+        )
         self._sym = np.ascontiguousarray(np.concatenate([x.symmetry for x in t]))
         self._sym_off = offsets([x.symmetry for x in t])
 
@@ -330,7 +333,7 @@ class HoughIndexer:
                 self.plan.lut_bin, self.plan.lut_weight, self.plan.inv_count, self.valid,
                 self.k_rho, self.k_theta, self.plan.rho_step, pcs, self.shape[0], self.shape[1],
                 self.m_ds, self.n_bands, self._pair_angle, self._pair_triad, self._pair_off,
-                self._ref, self._ref_off, self._sym, self._sym_off,
+                self._ref, self._ref_w, self._ref_off, self._sym, self._sym_off,
                 np.radians(self.pair_tol), np.radians(self.match_tol), self.weight_fit,
                 quat, phase_id, fit, conf, quality, nb_out,
             )

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from operators.indexing.bands import butterfly_block, find_peaks
-from operators.indexing.geometry import band_normals
+from operators.indexing.bands import butterfly_block, find_peaks, sample_radon
+from operators.indexing.geometry import band_normals, normal_to_line
 from operators.indexing.radon import radon_block
 from operators.indexing.voting import matrix_to_quaternion, vote_orientation
 
@@ -78,10 +78,37 @@ def prepare_block(pats, start, stop, mask_index, bg, bg_mode, dyn_basis, dyn_pin
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)
+def band_evidence(filt, valid, b, r, ref, ref_w, pc, nrows, ncols, m_ds, theta_step, rho_step, half):  # pragma: no cover
+    """Weighted mean filtered-Radon response at every band a phase predicts.
+
+    ``r`` is the phase's crystal-to-sample hypothesis. Phases that share the
+    detected bands' directions (FCC {220}/{200} and BCC {110}/{200}) are told
+    apart by the bands only one of them predicts, e.g. FCC {111}.
+    """
+    nvec = np.empty(3)
+    acc = 0.0
+    wsum = 0.0
+    for h in range(ref.shape[0]):
+        for a in range(3):
+            nvec[a] = r[a, 0] * ref[h, 0] + r[a, 1] * ref[h, 1] + r[a, 2] * ref[h, 2]
+        ok, rho, theta = normal_to_line(nvec, pc, nrows, ncols, m_ds)
+        if not ok:
+            continue
+        ok, v = sample_radon(filt, valid, b, theta / theta_step, rho / rho_step + half)
+        if not ok:
+            continue
+        acc += ref_w[h] * v
+        wsum += ref_w[h]
+    if wsum == 0.0:
+        return 0.0
+    return acc / wsum
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
 def _index_block(
     start, stop, pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight,
     inv_count, valid, k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands,
-    pair_angle, pair_triad, pair_off, ref, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit,
+    pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit,
     quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     # A separate function so that numba's parfor pass cannot hoist the
@@ -108,7 +135,10 @@ def _index_block(
     normals = np.empty((n_bands, 3))
     weights = np.empty(n_bands)
     r_best = np.empty((3, 3))
-    r_phase = np.empty((3, 3))
+    ph_r = np.empty((n_phases, 3, 3))
+    ph_cnt = np.zeros(n_phases, dtype=np.int64)
+    ph_fit = np.zeros(n_phases)
+    ph_conf = np.zeros(n_phases)
     cand_r = np.empty((cap, 3, 3))
     cand_score = np.empty(cap, dtype=np.int64)
     q = np.empty(4)
@@ -126,11 +156,11 @@ def _index_block(
         quality[s] = hsum / nfound if nfound > 0 else 0.0
         pc = pcs[s] if pcs.shape[0] > 1 else pcs[0]
         band_normals(rho, theta, nfound, pc, nrows, ncols, m_ds, normals)
-        best_cnt = -1
         best_fit = 180.0
         best_conf = 0.0
         best_phase = -1
         if nfound >= 3:
+            max_cnt = 0
             for ph in range(n_phases):
                 cnt, f, c = vote_orientation(
                     normals,
@@ -142,16 +172,36 @@ def _index_block(
                     sym[sym_off[ph] : sym_off[ph + 1]],
                     pair_tol,
                     match_tol,
-                    r_phase,
+                    ph_r[ph],
                     cand_r,
                     cand_score,
                 )
-                if cnt >= 3 and (cnt > best_cnt or (cnt == best_cnt and f < best_fit)):
-                    best_cnt = cnt
-                    best_fit = f
-                    best_conf = c
-                    best_phase = ph
-                    r_best[:, :] = r_phase
+                ph_cnt[ph] = cnt
+                ph_fit[ph] = f
+                ph_conf[ph] = c
+                max_cnt = max(max_cnt, cnt)
+            if max_cnt >= 3:
+                # Band count decides; phases within one band of the best are
+                # told apart by the Radon evidence for every band they predict
+                # (see band_evidence), then by fit.
+                best_ev = -1e30
+                for ph in range(n_phases):
+                    if ph_cnt[ph] < max(max_cnt - 1, 3):
+                        continue
+                    ev = 0.0
+                    if n_phases > 1:
+                        ev = band_evidence(
+                            filt, valid, b, ph_r[ph], ref[ref_off[ph] : ref_off[ph + 1]],
+                            ref_w[ref_off[ph] : ref_off[ph + 1]], pc, nrows, ncols, m_ds,
+                            theta_step, rho_step, half,
+                        )
+                    if best_phase < 0 or ev > best_ev or (ev == best_ev and ph_fit[ph] < best_fit):
+                        best_ev = ev
+                        best_phase = ph
+                        best_fit = ph_fit[ph]
+                        best_conf = ph_conf[ph]
+                if best_phase >= 0:
+                    r_best[:, :] = ph_r[best_phase]
         if best_phase >= 0:
             # Sample->crystal is the transpose of the crystal->sample hypothesis.
             matrix_to_quaternion(r_best.T, q)
@@ -171,7 +221,7 @@ def _index_block(
 def index_patterns_cpu(
     pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight, inv_count, valid,
     k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands, pair_angle, pair_triad, pair_off,
-    ref, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit, quat, phase_id, fit, conf, quality, nbands_out,
+    ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     """Index ``pats`` ((n, rows*cols), any real dtype) in place into the outputs.
 
@@ -187,6 +237,6 @@ def index_patterns_cpu(
         _index_block(
             start, stop, pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight,
             inv_count, valid, k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands,
-            pair_angle, pair_triad, pair_off, ref, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit,
+            pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, weight_fit,
             quat, phase_id, fit, conf, quality, nbands_out,
         )

@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import this module first (it registers extra operators); repeatable")
     parser.add_argument("--retries", type=int, default=2, help="extra attempts for a failing chunk (default 2)")
+    parser.add_argument("--png", metavar="PREFIX", default=None,
+                        help="also draw every picturable output as PREFIX_<step>_<output>.png")
     parser.add_argument("--window", type=int, default=None,
                         help="chunk tasks in flight at once (default: twice the workers)")
     parser.set_defaults(func=run)
@@ -80,8 +82,15 @@ def run(args) -> int:
     total = report.n_chunks * report.n_rounds
     if report.already_complete:
         print(f"{report.output}: already complete; skipped {report.skipped} of {total} chunks")
-        return 0
-    print(f"{report.output}: complete; {report.computed} chunks computed, skipped {report.skipped} of {total} "
-          f"already done, {report.retried} retried; {report.frames_computed} frames in {report.seconds:.1f} s "
-          f"({report.frames_per_second:.0f} frames/s)")
+    else:
+        print(f"{report.output}: complete; {report.computed} chunks computed, skipped {report.skipped} of {total} "
+              f"already done, {report.retried} retried; {report.frames_computed} frames in {report.seconds:.1f} s "
+              f"({report.frames_per_second:.0f} frames/s)")
+    if args.png:
+        from flow.result_plots import plot_result_store
+        from flow.store import read_scan_attrs
+
+        scan = read_scan_attrs(args.input).model_dump(mode="json")
+        for path in plot_result_store(args.output, args.png, scan_attrs=scan):
+            print(f"picture: {path}")
     return 0

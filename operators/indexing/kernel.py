@@ -22,7 +22,7 @@ from operators.indexing.voting import matrix_to_quaternion, vote_orientation
 __all__ = ["index_patterns_cpu", "BLOCK"]
 
 #: Patterns per block; 16 float32 lanes fill two AVX2 registers.
-BLOCK = 16
+BLOCK = 64
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)

@@ -81,7 +81,7 @@ DEFAULT_MIN_RELATIVE_F = 0.02
 DYNAMICAL_NI_KV = 20.0
 MASTER_PATTERN_KINDS = ("auto", "dynamical", "kinematical")
 # Bump when the computation changes so old cache files are recomputed.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: computed on one numba thread (no race)
 
 _memo: dict[tuple, Any] = {}
 _memo_lock = threading.Lock()
@@ -154,6 +154,26 @@ def _quiet():
     return contextlib.redirect_stderr(io.StringIO())
 
 
+@contextlib.contextmanager
+def _single_numba_thread():
+    """Run kikuchipy's band kernel on one thread.
+
+    ``kikuchipy.simulations.kikuchi_pattern_simulator.get_pattern`` (0.13) is a
+    ``prange`` over reflectors in which every thread adds into the same pixels:
+    a data race that occasionally loses a band's contribution, so a pattern is
+    neither reproducible nor symmetric. One thread costs about a second per
+    phase at the default size. ``set_num_threads`` is thread-local in numba.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 def _structure_fingerprint(phase, energy_kv: float, half_size: int, min_dspacing: float,
                            min_relative_f: float) -> str:
     from operators.crystallography.phases import phase_to_record
@@ -207,7 +227,7 @@ def kinematical_master_pattern_arrays(phase, energy_kv: float = 20.0, half_size:
     from diffsims.crystallography import ReciprocalLatticeVector
     from kikuchipy.simulations import KikuchiPatternSimulator
 
-    with _quiet(), np.errstate(all="ignore"):
+    with _quiet(), np.errstate(all="ignore"), _single_numba_thread():
         ref = ReciprocalLatticeVector.from_min_dspacing(phase, min_dspacing)
         ref.sanitise_phase()  # expand the asymmetric unit to the full cell
         ref = ref.unique(use_symmetry=True)  # one reflector per family: F is computed once

@@ -119,3 +119,14 @@ def test_projection_onto_a_non_square_detector():
     assert 0.0 <= patterns.min() and patterns.max() <= 1.0
     assert not np.allclose(patterns[0], patterns[1])
     assert project_patterns(get_master_pattern("ni"), np.empty((0, 4)), det).shape == (0, 24, 40)
+
+
+def test_kinematical_computation_is_reproducible():
+    # kikuchipy's band kernel races when run on several numba threads; ours runs it on one.
+    from operators.crystallography.phases import get_phase
+    from operators.simulate.master_patterns import kinematical_master_pattern_arrays
+
+    phase = get_phase("nial")
+    first = kinematical_master_pattern_arrays(phase, 20, 15)
+    for _ in range(3):
+        np.testing.assert_array_equal(kinematical_master_pattern_arrays(phase, 20, 15), first)

@@ -65,6 +65,6 @@ def test_example_pipeline_identical_across_schedulers_on_awkward_chunks(tmp_path
             np.testing.assert_array_equal(other[name][...], reference[name][...], err_msg=f"{scheduler}: {name}")
 
 
-@pytest.mark.parametrize("command", sorted(set(re.findall(r"diffraflow (\w+)", README)) - {"demo"}))
+@pytest.mark.parametrize("command", sorted(set(re.findall(r"`diffraflow (\w+)", README)) - {"demo"}))
 def test_commands_named_in_readme_exist(command):
     assert main([command, "--help"]) == 0

@@ -326,7 +326,7 @@ _REGISTRY: dict[str, type[Operator]] = {}
 
 #: Sub-packages and modules of ``operators`` that hold no operators; skipped
 #: when the registry imports the package on first access.
-_NOT_OPERATOR_MODULES = ("operators.base", "operators.crystallography")
+_NOT_OPERATOR_MODULES = ("operators.base", "operators.crystallography", "operators.simulate")
 
 
 def register_operator(cls: type[Operator]) -> type[Operator]:

@@ -120,6 +120,7 @@ class HoughIndexer:
         pair_tol: float = 2.0,
         match_tol: float = 2.5,
         weight_fit: bool = True,
+        n_pair_bands: int = 8,
         n_reflectors: int | None | list = None,
         static_background: np.ndarray | None = None,
         background_mode: str = "subtract",
@@ -142,6 +143,7 @@ class HoughIndexer:
         self.pair_tol = float(pair_tol)
         self.match_tol = float(match_tol)
         self.weight_fit = bool(weight_fit)
+        self.n_pair_bands = int(n_pair_bands)
         self.batch_size = int(batch_size)
         self.options: dict[str, Any] = dict(
             n_bands=n_bands, n_theta=n_theta, rho_step=rho_step, mask_radius=mask_radius,
@@ -334,7 +336,7 @@ class HoughIndexer:
                 self.k_rho, self.k_theta, self.plan.rho_step, pcs, self.shape[0], self.shape[1],
                 self.m_ds, self.n_bands, self._pair_angle, self._pair_triad, self._pair_off,
                 self._ref, self._ref_w, self._ref_off, self._sym, self._sym_off,
-                np.radians(self.pair_tol), np.radians(self.match_tol), self.weight_fit,
+                np.radians(self.pair_tol), np.radians(self.match_tol), self.n_pair_bands, self.weight_fit,
                 quat, phase_id, fit, conf, quality, nb_out,
             )
         return dict(

@@ -72,6 +72,10 @@ def _score(r, normals, n_bands, ref, cos_tol, match, sign):  # pragma: no cover 
                 best = ad
                 bi = h
                 bs = 1.0 if d >= 0 else -1.0
+                # Reflector normals are far more than 2 * match_tol apart, so
+                # the first normal within tolerance is the only one.
+                if ad >= cos_tol:
+                    break
         if best >= cos_tol:
             cnt += 1
             err += np.arccos(min(best, 1.0))
@@ -136,6 +140,7 @@ def vote_orientation(
     sym,
     pair_tol,
     match_tol,
+    n_pair_bands,
     r_best,
     cand_r,
     cand_score,
@@ -154,6 +159,9 @@ def vote_orientation(
         From :class:`~operators.indexing.reflectors.ReflectorTable`.
     pair_tol, match_tol
         Tolerances in radians.
+    n_pair_bands
+        Hypotheses come from pairs among the first (strongest) this many
+        bands; all ``n_bands`` vote.
     r_best
         ``(3, 3)`` output: crystal-to-sample rotation.
     cand_r, cand_score
@@ -176,8 +184,10 @@ def vote_orientation(
     best_err = 0.0
     n_cand = 0
     cap = cand_score.size
-    for i in range(n_bands):
-        for j in range(i + 1, n_bands):
+    cos_same = np.cos(np.radians(2.0))
+    n_src = min(n_bands, n_pair_bands)
+    for i in range(n_src):
+        for j in range(i + 1, n_src):
             d = normals[i, 0] * normals[j, 0] + normals[i, 1] * normals[j, 1] + normals[i, 2] * normals[j, 2]
             sg = 1.0 if d >= 0 else -1.0
             ad = abs(d)
@@ -204,6 +214,15 @@ def vote_orientation(
                 for a in range(3):
                     for c in range(3):
                         r[a, c] = ts[0, a] * tc[0, c] + ts[1, a] * tc[1, c] + ts[2, a] * tc[2, c]
+                # The winning orientation comes back from most band pairs;
+                # recognising it costs a few traces, re-scoring it much more.
+                if best_cnt >= 3 and _same_orientation(r_best, r, sym, cos_same):
+                    if n_cand < cap:
+                        cand_r[n_cand] = r
+                        cand_score[n_cand] = best_cnt
+                        n_cand += 1
+                    p += 1
+                    continue
                 cnt, err = _score(r, normals, n_bands, ref, cos_match, match, sign)
                 if cnt > best_cnt or (cnt == best_cnt and err < best_err):
                     best_cnt = cnt

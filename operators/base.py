@@ -66,6 +66,7 @@ __all__ = [
     "ChunkContext",
     "Operator",
     "param",
+    "internal_field",
     "register_operator",
     "get_operator_class",
     "list_operators",
@@ -230,6 +231,26 @@ def param(default: Any = dataclasses.MISSING, *, doc: str, choices: tuple | None
     return field(default=default, metadata=metadata, **kwargs)
 
 
+def internal_field(default: Any = None):
+    """A dataclass field that the engine binds from the input store (``bind_store_variables``).
+
+    Internal fields are not parameters: pipeline files cannot set them, and they
+    are left out of :meth:`Operator.params` and :meth:`Operator.token` (the
+    input spec, which identifies the cube, is part of every constants cache key).
+
+    Examples
+    --------
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class UsesBackground(Operator):
+    ...     name = "uses_background_example"
+    ...     background: object = internal_field()
+    >>> UsesBackground(background=[1, 2]).params(), operator_parameters(UsesBackground)
+    ({}, [])
+    """
+    return field(default=default, compare=False, repr=False, metadata={"internal": True})
+
+
 @dataclass(frozen=True)
 class Operator:
     """Base class of every operator; subclasses are frozen dataclasses.
@@ -297,7 +318,8 @@ class Operator:
         >>> Operator().params()
         {}
         """
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not f.metadata.get("internal")}
 
     def token(self) -> str:
         """A stable hash of the operator's name and parameters (cache key for constants).
@@ -415,6 +437,8 @@ def operator_parameters(cls: type[Operator]) -> list[dict[str, Any]]:
     """
     out = []
     for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue  # bound by the engine from the store (see internal_field), not set by users
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:

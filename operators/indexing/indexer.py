@@ -63,22 +63,41 @@ class HoughIndexer:
         kikuchipy ``EBSDDetector``: shape, Bruker PC (one, or one per pattern
         with the scan's navigation shape), sample tilt and camera tilt.
     n_bands
-        Bands to detect per pattern.
+        Bands to detect per pattern. The default, 12, measured better than 9
+        at high noise (more bands vote) at little cost.
     n_theta
         Radon angles over 180 degrees.
     rho_step
         Radon ``rho`` bin width in pixels.
     mask_radius
         Circular mask radius as a fraction of half the shorter detector side,
-        ``None`` for the full rectangle.
+        ``None`` (default) for the full rectangle, which keeps more signal.
     rho_mask_frac
         Fraction of the largest ``|rho|`` ignored in the peak search.
+    norm_power
+        Radon bins are divided by line length to this power: 1 gives line
+        means, 0.5 (default) noise-normalised sums, which rank long reliable
+        lines higher and measured markedly better at low dose.
     sigma_rho, sigma_theta
         Butterfly filter widths in bins; ``sigma_rho=None`` scales with the
         detector (1.2 bins for a 60-pixel detector).
     pair_tol, match_tol
         Angular tolerances (degrees) for interplanar-angle look-up and for a
         band to count as explained.
+    weight_fit
+        Weight bands by Radon peak height in the least-squares fit.
+    n_pair_bands
+        Orientation hypotheses come from pairs among this many strongest
+        bands; all ``n_bands`` vote on them.
+    refine_iter
+        Rounds of guided refinement (:mod:`operators.indexing.refine`): every
+        band the orientation predicts is re-measured near its predicted
+        position and all are refitted; 0 switches it off.
+    refine_min
+        Guided peaks lower than this fraction of the mean detected peak are ignored.
+    refine_families
+        Reflector families per phase used by the guided refinement (at least
+        those used for voting); ``None`` uses the voting families.
     n_reflectors
         Reflector families per phase: ``None`` (automatic, 4 for FCC/BCC), an
         int for all phases, or a sequence with one entry per phase.
@@ -121,6 +140,9 @@ class HoughIndexer:
         match_tol: float = 2.5,
         weight_fit: bool = True,
         n_pair_bands: int = 8,
+        refine_iter: int = 2,
+        refine_min: float = 0.3,
+        refine_families: int | None = 6,
         n_reflectors: int | None | list = None,
         static_background: np.ndarray | None = None,
         background_mode: str = "subtract",
@@ -144,6 +166,9 @@ class HoughIndexer:
         self.match_tol = float(match_tol)
         self.weight_fit = bool(weight_fit)
         self.n_pair_bands = int(n_pair_bands)
+        self.refine_iter = int(refine_iter)
+        self.refine_min = float(refine_min)
+        self.refine_families = refine_families
         self.batch_size = int(batch_size)
         self.options: dict[str, Any] = dict(
             n_bands=n_bands, n_theta=n_theta, rho_step=rho_step, mask_radius=mask_radius,
@@ -174,6 +199,13 @@ class HoughIndexer:
                 )
         self.tables: list[ReflectorTable] = [
             build_reflector_table(self.phase_list[i], n_families=k) for i, k in zip(self._phase_ids, per_phase)
+        ]
+        # Guided refinement may use more (weaker) families than voting: they
+        # are only looked for where the orientation predicts them.
+        self.refine_tables: list[ReflectorTable] = [
+            t if refine_families is None or refine_families <= len(t.families)
+            else build_reflector_table(self.phase_list[i], n_families=int(refine_families))
+            for i, t in zip(self._phase_ids, self.tables)
         ]
         self._pack_tables()
         self.backend = self._resolve_backend(backend)
@@ -221,6 +253,12 @@ class HoughIndexer:
             np.concatenate([x.family_intensity[x.normal_family] for x in t]).astype(np.float64)
         )
         self._sym = np.ascontiguousarray(np.concatenate([x.symmetry for x in t]))
+        rt = self.refine_tables
+        self._rref = np.ascontiguousarray(np.concatenate([x.normals for x in rt]))
+        self._rref_off = offsets([x.normals for x in rt])
+        self._rref_w = np.ascontiguousarray(
+            np.concatenate([x.family_intensity[x.normal_family] for x in rt]).astype(np.float64)
+        )
         self._sym_off = offsets([x.symmetry for x in t])
 
     @staticmethod
@@ -337,6 +375,7 @@ class HoughIndexer:
                 self.m_ds, self.n_bands, self._pair_angle, self._pair_triad, self._pair_off,
                 self._ref, self._ref_w, self._ref_off, self._sym, self._sym_off,
                 np.radians(self.pair_tol), np.radians(self.match_tol), self.n_pair_bands, self.weight_fit,
+                self.refine_iter, self.refine_min, self._rref, self._rref_w, self._rref_off,
                 quat, phase_id, fit, conf, quality, nb_out,
             )
         return dict(

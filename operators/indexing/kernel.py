@@ -17,7 +17,8 @@ import numpy as np
 from operators.indexing.bands import butterfly_block, find_peaks, sample_radon
 from operators.indexing.geometry import band_normals, normal_to_line
 from operators.indexing.radon import radon_block
-from operators.indexing.voting import matrix_to_quaternion, vote_orientation
+from operators.indexing.refine import guided_refine
+from operators.indexing.voting import band_fit, matrix_to_quaternion, vote_orientation
 
 __all__ = ["index_patterns_cpu", "index_filtered_cpu", "band_evidence", "BLOCK"]
 
@@ -114,7 +115,7 @@ CAND_CAP = 2048
 def _vote_block(
     filt, b_first, start, stop, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands,
     pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-    n_pair_bands, weight_fit, quat, phase_id, fit, conf, quality, nbands_out,
+    n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     """Peaks, band normals, voting and phase choice for patterns ``start:stop``.
 
@@ -133,6 +134,7 @@ def _vote_block(
     normals = np.empty((n_bands, 3))
     weights = np.empty(n_bands)
     r_best = np.empty((3, 3))
+    r_ref = np.empty((3, 3))
     ph_r = np.empty((n_phases, 3, 3))
     ph_cnt = np.zeros(n_phases, dtype=np.int64)
     ph_fit = np.zeros(n_phases)
@@ -202,6 +204,18 @@ def _vote_block(
                         best_conf = ph_conf[ph]
                 if best_phase >= 0:
                     r_best[:, :] = ph_r[best_phase]
+                    if refine_iter > 0:
+                        lo_ = ref_off[best_phase]
+                        hi_ = ref_off[best_phase + 1]
+                        rl = rref_off[best_phase]
+                        rh = rref_off[best_phase + 1]
+                        used = guided_refine(
+                            filt, valid, b, r_best, rref[rl:rh], rref_w[rl:rh], pc, nrows, ncols,
+                            m_ds, rho_step, refine_min * quality[s], refine_iter, r_ref,
+                        )
+                        if used >= 3:
+                            r_best[:, :] = r_ref
+                            cnt_, best_fit = band_fit(r_best, normals, nfound, ref[lo_:hi_], match_tol)
         if best_phase >= 0:
             # Sample->crystal is the transpose of the crystal->sample hypothesis.
             matrix_to_quaternion(r_best.T, q)
@@ -222,7 +236,7 @@ def _index_block(
     start, stop, pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight,
     inv_count, valid, k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands,
     pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-    n_pair_bands, weight_fit, quat, phase_id, fit, conf, quality, nbands_out,
+    n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     # A separate function so that numba's parfor pass cannot hoist the
     # scratch allocations out of the parallel loop (they would be shared by
@@ -239,7 +253,7 @@ def _index_block(
     _vote_block(
         filt, 0, start, stop, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands,
         pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-        n_pair_bands, weight_fit, quat, phase_id, fit, conf, quality, nbands_out,
+        n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
     )
 
 
@@ -248,7 +262,7 @@ def index_patterns_cpu(
     pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight, inv_count, valid,
     k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands, pair_angle, pair_triad, pair_off,
     ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, n_pair_bands, weight_fit,
-    quat, phase_id, fit, conf, quality, nbands_out,
+    refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     """Index ``pats`` ((n, rows*cols), any real dtype) in place into the outputs.
 
@@ -265,7 +279,7 @@ def index_patterns_cpu(
             start, stop, pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight,
             inv_count, valid, k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands,
             pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-            n_pair_bands, weight_fit, quat, phase_id, fit, conf, quality, nbands_out,
+            n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
         )
 
 
@@ -273,7 +287,7 @@ def index_patterns_cpu(
 def index_filtered_cpu(
     filt, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands, pair_angle, pair_triad, pair_off,
     ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, n_pair_bands, weight_fit,
-    quat, phase_id, fit, conf, quality, nbands_out,
+    refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     """Peaks-to-orientations on an already filtered transform ``(n_theta, n_rho, n)``.
 
@@ -288,5 +302,5 @@ def index_filtered_cpu(
         _vote_block(
             filt, start, start, stop, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands,
             pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-            n_pair_bands, weight_fit, quat, phase_id, fit, conf, quality, nbands_out,
+            n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
         )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["vote_orientation", "matrix_to_quaternion"]
+__all__ = ["vote_orientation", "band_fit", "matrix_to_quaternion"]
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)
@@ -252,6 +252,15 @@ def vote_orientation(
     conf = (cnt - second) / max(n_bands - 2, 1)
     conf = min(max(conf, 0.0), 1.0)
     return cnt, fit, conf
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def band_fit(r, normals, n_bands, ref, match_tol):  # pragma: no cover - numba
+    """Bands explained by ``r`` and their mean angular deviation in degrees."""
+    match = np.empty(n_bands, dtype=np.int64)
+    sign = np.empty(n_bands, dtype=np.float64)
+    cnt, err = _score(r, normals, n_bands, ref, np.cos(match_tol), match, sign)
+    return cnt, np.degrees(err / max(cnt, 1))
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)

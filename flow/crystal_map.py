@@ -52,8 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from flow.store import TemporaryStoreWriter
 from schemas.cube import ScanAttrs, StoreMarker, validate_scan_attrs
-from schemas.errors import OutputExistsError, SchemaError
+from schemas.errors import SchemaError
 from schemas.results import PRODUCTS, validate_result_group
 
 __all__ = [
@@ -215,7 +216,7 @@ def _prop_grid(xmap, name, rows, cols, shape, integer: bool) -> np.ndarray:
     return grid
 
 
-class CrystalMapStoreWriter:
+class CrystalMapStoreWriter(TemporaryStoreWriter):
     """Write a crystal-map result store block by block.
 
     Parameters
@@ -370,33 +371,7 @@ class CrystalMapStoreWriter:
         """
         validate_result_group(self.group, where=self.where)
         self.group.attrs["diffraflow"] = StoreMarker(kind="result", complete=True).model_dump()
-        if self.final.exists():
-            if not self.overwrite:
-                raise OutputExistsError(self.where, "output appeared while writing",
-                                        "choose another name, or pass --overwrite")
-            trash = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
-            os.replace(self.final, trash)
-            os.replace(self.temp, self.final)
-            if trash.is_dir():
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                trash.unlink(missing_ok=True)
-        else:
-            os.replace(self.temp, self.final)
-        self._finalized = True
-        return self.final
-
-    def abort(self) -> None:
-        """Delete the partial store."""
-        if not self._finalized:
-            shutil.rmtree(self.temp, ignore_errors=True)
-
-    def __enter__(self) -> CrystalMapStoreWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or not self._finalized:
-            self.abort()
+        return self.publish()
 
 
 def write_crystal_map_store(xmap, path: str | os.PathLike, scan_attrs: ScanAttrs | Mapping[str, Any] | None = None,

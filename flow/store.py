@@ -54,6 +54,7 @@ from schemas.errors import (
 
 __all__ = [
     "CubeWriter",
+    "TemporaryStoreWriter",
     "FrameArrayWriter",
     "create_cube",
     "open_cube",
@@ -222,7 +223,61 @@ class FrameArrayWriter:
                                  "the file is truncated, or --scan-shape is wrong")
 
 
-class CubeWriter:
+class TemporaryStoreWriter:
+    """Base of writers that build a store under a temporary name and publish it whole.
+
+    Subclasses set ``final``, ``temp``, ``overwrite`` and ``where`` and call
+    :meth:`publish` at the end of their ``finalize``. Used as a context
+    manager, leaving the block without publishing (an error, a forgotten
+    ``finalize``) deletes the partial store; an existing store at ``final`` is
+    replaced only once the new one is complete.
+    """
+
+    final: Path
+    temp: Path
+    overwrite: bool
+    where: str
+    _finalized: bool = False
+
+    def publish(self) -> Path:
+        """Move the finished temporary store to its final name.
+
+        Returns
+        -------
+        pathlib.Path
+            The final store path.
+        """
+        if self.final.exists():
+            if not self.overwrite:
+                raise OutputExistsError(self.where, "output appeared while writing",
+                                        "choose another name, or pass --overwrite")
+            # Keep the old store until the new one is in place: move it aside first.
+            trash = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
+            os.replace(self.final, trash)
+            os.replace(self.temp, self.final)
+            if trash.is_dir():
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                trash.unlink(missing_ok=True)
+        else:
+            os.replace(self.temp, self.final)
+        self._finalized = True
+        return self.final
+
+    def abort(self) -> None:
+        """Delete the partial store."""
+        if not self._finalized:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._finalized:
+            self.abort()
+
+
+class CubeWriter(TemporaryStoreWriter):
     """Writes one new scan cube; use :func:`create_cube` to make one.
 
     The writer is a context manager: leaving the block without
@@ -308,31 +363,7 @@ class CubeWriter:
             "scan": scan.model_dump(mode="json"),
             "diffraflow": StoreMarker(kind="scan_cube", complete=True).model_dump(),
         })
-        if self.final.exists():
-            if not self.overwrite:
-                raise OutputExistsError(str(self.final), "output appeared while converting",
-                                        "choose another name, or pass --overwrite")
-            # Keep the old store until the new one is in place: move it aside first.
-            trash = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
-            os.replace(self.final, trash)
-            os.replace(self.temp, self.final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.temp, self.final)
-        self._finalized = True
-        return self.final
-
-    def abort(self) -> None:
-        """Delete the partial store."""
-        if not self._finalized:
-            shutil.rmtree(self.temp, ignore_errors=True)
-
-    def __enter__(self) -> CubeWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or not self._finalized:
-            self.abort()
+        return self.publish()
 
 
 def create_cube(

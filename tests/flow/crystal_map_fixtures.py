@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-REAL_ANG = "/work/shared/data/real/sdss_ferrite_austenite_orientations.ang"
-REAL_CTF = "/work/shared/data/real/cu_hkl_2x2.ctf"
+from tests.real_data import real_file
+
+REAL_ANG = str(real_file("sdss_ferrite_austenite_orientations.ang"))
+REAL_CTF = str(real_file("cu_hkl_2x2.ctf"))
 
 
 def make_xmap(shape=(5, 7), phases=("ni", "fe"), not_indexed=0.2, seed=0, step=(1.5, 0.5), orix_ids=None,

@@ -17,8 +17,8 @@ import pytest
 from flow.cli import main
 from flow.store import open_cube
 from schemas.errors import DiffraflowError
+from tests.real_data import REAL_DATA as REAL
 
-REAL = Path("/work/shared/data/real")
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="real data folder not present")
 
 

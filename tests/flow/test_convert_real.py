@@ -15,10 +15,7 @@ import pytest
 
 from flow.cli import main
 from flow.store import open_cube
-
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
-if not REAL.is_dir():  # the checkout may sit elsewhere; fall back to the shared location
-    REAL = Path("/work/shared/data/real")
+from tests.real_data import REAL_DATA as REAL
 
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real data folder not present")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["butterfly_kernels", "butterfly_block", "find_peaks", "sample_radon"]
+__all__ = ["butterfly_kernels", "butterfly_block", "find_peaks", "find_peaks_block", "refine_peak", "sample_radon"]
 
 
 def butterfly_kernels(sigma_rho: float, sigma_theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +111,47 @@ def _value(f, valid, t, i, b, n_theta, n_rho):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)
+def refine_peak(f, valid, b, t, i):  # pragma: no cover - numba
+    """Sub-bin offset ``(dt, di)`` of the peak at integer bin ``(t, i)``.
+
+    Vertex of the quadratic surface through the 3x3 neighbourhood, cross term
+    included: a band's Radon peak is a ridge tilted in :math:`(\\theta, \\rho)`
+    whenever its chord's midpoint is not the foot of the perpendicular from
+    the centre (any non-circular mask), and separate 1-D parabolas are then
+    biased. Falls back to 1-D parabolas when the surface is not concave or a
+    neighbour is invalid; offsets are clipped to half a bin.
+    """
+    n_theta, n_rho = valid.shape
+    ok0, c = _value(f, valid, t, i, b, n_theta, n_rho)
+    v = np.empty((3, 3))
+    all_ok = True
+    for dt in range(-1, 2):
+        for di in range(-1, 2):
+            ok, w = _value(f, valid, t + dt, i + di, b, n_theta, n_rho)
+            if not ok:
+                all_ok = False
+                w = c
+            v[dt + 1, di + 1] = w
+    ft = 0.5 * (v[2, 1] - v[0, 1])
+    fr = 0.5 * (v[1, 2] - v[1, 0])
+    ftt = v[2, 1] - 2.0 * c + v[0, 1]
+    frr = v[1, 2] - 2.0 * c + v[1, 0]
+    ftr = 0.25 * (v[2, 2] - v[2, 0] - v[0, 2] + v[0, 0])
+    det = ftt * frr - ftr * ftr
+    if all_ok and ftt < 0.0 and det > 0.0:
+        dt = -(frr * ft - ftr * fr) / det
+        di = -(ftt * fr - ftr * ft) / det
+    else:
+        dt = -0.5 * ft / ftt if ftt < 0.0 else 0.0
+        di = -0.5 * fr / frr if frr < 0.0 else 0.0
+        dt = 2.0 * dt  # -ft/ftt: vertex of the 1-D parabola
+        di = 2.0 * di
+    dt = min(max(dt, -0.5), 0.5)
+    di = min(max(di, -0.5), 0.5)
+    return dt, di
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
 def find_peaks(f, valid, b, n_bands, out_t, out_r, out_h):  # pragma: no cover - numba
     """The ``n_bands`` highest 3x3 local maxima of pattern ``b`` of a block.
 
@@ -173,29 +214,10 @@ def find_peaks(f, valid, b, n_bands, out_t, out_r, out_h):  # pragma: no cover -
             ri[pos] = i
             if found < n_bands:
                 found += 1
-    # Sub-bin refinement: vertex of the parabola through three samples.
     for k in range(found):
-        t = ti[k]
-        i = ri[k]
-        c = out_h[k]
-        ok_lo, lo = _value(f, valid, t, i - 1, b, n_theta, n_rho)
-        ok_hi, hi = _value(f, valid, t, i + 1, b, n_theta, n_rho)
-        di = 0.0
-        if ok_lo and ok_hi:
-            den = lo - 2.0 * c + hi
-            if den < 0.0:
-                di = 0.5 * (lo - hi) / den
-                di = min(max(di, -0.5), 0.5)
-        ok_lo, lo = _value(f, valid, t - 1, i, b, n_theta, n_rho)
-        ok_hi, hi = _value(f, valid, t + 1, i, b, n_theta, n_rho)
-        dt = 0.0
-        if ok_lo and ok_hi:
-            den = lo - 2.0 * c + hi
-            if den < 0.0:
-                dt = 0.5 * (lo - hi) / den
-                dt = min(max(dt, -0.5), 0.5)
-        out_t[k] = t + dt
-        out_r[k] = i + di
+        dt, di = refine_peak(f, valid, b, ti[k], ri[k])
+        out_t[k] = ti[k] + dt
+        out_r[k] = ri[k] + di
     return found
 
 
@@ -220,3 +242,111 @@ def sample_radon(f, valid, b, t, i):  # pragma: no cover - numba
                 return False, 0.0
             acc += wt * wi * v
     return True, acc
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def find_peaks_block(f, valid, n_active, n_bands, out_t, out_r, out_h, found):  # pragma: no cover - numba
+    """:func:`find_peaks` for the first ``n_active`` patterns of a block at once.
+
+    Same result as calling :func:`find_peaks` per pattern, but each bin's
+    neighbourhood is read once for all patterns (unit stride over ``b``), so
+    the comparisons vectorise and the block is streamed through the cache
+    once instead of once per pattern.
+
+    Parameters
+    ----------
+    f
+        ``(n_theta, n_rho, B)`` filtered transform.
+    valid
+        ``(n_theta, n_rho)`` uint8.
+    n_active
+        Patterns of the block in use.
+    n_bands
+        Peaks wanted per pattern.
+    out_t, out_r, out_h
+        ``(B, n_bands)`` float64 outputs (refined bins and heights, by height).
+    found
+        ``(B,)`` int64 output: peaks found per pattern.
+    """
+    n_theta, n_rho = valid.shape
+    fc = np.ascontiguousarray(f)  # no copy for the CPU block; the CuPy path's view is copied
+    nb_ = fc.shape[2]
+    ff = fc.ravel()
+    ti = np.empty((nb_, n_bands), dtype=np.int64)
+    ri = np.empty((nb_, n_bands), dtype=np.int64)
+    prev = np.empty(nb_, dtype=fc.dtype)
+    nxt = np.empty(nb_, dtype=fc.dtype)
+    floor_ = np.zeros(nb_, dtype=fc.dtype)
+    cand = np.zeros(nb_, dtype=np.bool_)
+    for b in range(n_active):
+        found[b] = 0
+    for t in range(n_theta):
+        for i in range(1, n_rho - 1):
+            if valid[t, i] == 0:
+                continue
+            c0 = (t * n_rho + i) * nb_
+            # Cheap first test on all patterns at once: most bins are below
+            # zero or below the current n_bands-th peak of their pattern.
+            any_cand = False
+            for b in range(n_active):
+                v = ff[c0 + b]
+                ok = v > 0.0 and v > floor_[b]
+                cand[b] = ok
+                any_cand |= ok
+            if not any_cand:
+                continue
+            for b in range(n_active):
+                prev[b] = -3.0e38
+                nxt[b] = -3.0e38
+            # Neighbours earlier in scan order must be strictly lower, later
+            # ones may tie: a flat top yields exactly one peak.
+            for dt in range(-1, 2):
+                tt = t + dt
+                flip = False
+                if tt < 0:
+                    tt += n_theta
+                    flip = True
+                elif tt >= n_theta:
+                    tt -= n_theta
+                    flip = True
+                for di in range(-1, 2):
+                    if dt == 0 and di == 0:
+                        continue
+                    ii = i + di
+                    if flip:
+                        ii = n_rho - 1 - ii
+                    if ii < 0 or ii >= n_rho or valid[tt, ii] == 0:
+                        continue
+                    base = (tt * n_rho + ii) * nb_
+                    if dt < 0 or (dt == 0 and di < 0):
+                        for b in range(n_active):
+                            prev[b] = max(prev[b], ff[base + b])
+                    else:
+                        for b in range(n_active):
+                            nxt[b] = max(nxt[b], ff[base + b])
+            for b in range(n_active):
+                if not cand[b]:
+                    continue
+                v = ff[c0 + b]
+                if v <= prev[b] or v < nxt[b]:
+                    continue
+                k = found[b]
+                pos = k if k < n_bands else n_bands - 1
+                while pos > 0 and out_h[b, pos - 1] < v:
+                    if pos < n_bands:
+                        out_h[b, pos] = out_h[b, pos - 1]
+                        ti[b, pos] = ti[b, pos - 1]
+                        ri[b, pos] = ri[b, pos - 1]
+                    pos -= 1
+                out_h[b, pos] = v
+                ti[b, pos] = t
+                ri[b, pos] = i
+                if k < n_bands:
+                    found[b] = k + 1
+                if found[b] == n_bands:
+                    floor_[b] = out_h[b, n_bands - 1]
+    for b in range(n_active):
+        for k in range(found[b]):
+            dt, di = refine_peak(fc, valid, b, ti[b, k], ri[b, k])
+            out_t[b, k] = ti[b, k] + dt
+            out_r[b, k] = ri[b, k] + di

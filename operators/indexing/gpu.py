@@ -192,8 +192,8 @@ def index_filtered(indexer, filt_host: np.ndarray, pcs: np.ndarray) -> dict[str,
             filt_host, indexer.valid, indexer.plan.rho_step, pcs, indexer.shape[0], indexer.shape[1],
             indexer.m_ds, indexer.n_bands, indexer._pair_angle, indexer._pair_triad, indexer._pair_off,
             indexer._ref, indexer._ref_w, indexer._ref_off, indexer._sym, indexer._sym_off,
-            np.radians(indexer.pair_tol), np.radians(indexer.match_tol), indexer.n_pair_bands,
-            indexer.weight_fit, indexer.refine_iter, indexer.refine_min, indexer._rref, indexer._rref_w,
+            np.radians(indexer.pair_tol), np.radians(indexer.match_tol), indexer.n_pair_bands, indexer._luts,
+            indexer.weight_fit, indexer.n_select, indexer.refine_iter, indexer.refine_min, indexer._rref, indexer._rref_w,
             indexer._rref_off, quat, phase_id, fit, conf, quality, nb_out,
         )
     return dict(

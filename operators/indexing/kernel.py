@@ -14,11 +14,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from operators.indexing.bands import butterfly_block, find_peaks, sample_radon
+from operators.indexing.bands import butterfly_block, find_peaks_block, sample_radon
 from operators.indexing.geometry import band_normals, normal_to_line
 from operators.indexing.radon import radon_block
 from operators.indexing.refine import guided_refine
-from operators.indexing.voting import band_fit, matrix_to_quaternion, vote_orientation
+from operators.indexing.voting import band_fit, matrix_to_quaternion, refit, vote_orientation
 
 __all__ = ["index_patterns_cpu", "index_filtered_cpu", "band_evidence", "BLOCK"]
 
@@ -112,10 +112,80 @@ CAND_CAP = 2048
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)
+def _canonical_quat(r, sym, out):  # pragma: no cover - numba
+    # Quaternion of the equivalent r @ S with the largest trace (smallest angle).
+    best = -10.0
+    bs = 0
+    for k in range(sym.shape[0]):
+        tr = 0.0
+        for a in range(3):
+            for c in range(3):
+                tr += r[a, c] * sym[k, c, a]
+        if tr > best:
+            best = tr
+            bs = k
+    m = r @ sym[bs]
+    matrix_to_quaternion(m, out)
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def select_by_evidence(
+    filt, valid, b, r_vote, cand_r, cand_score, n_cand, n_select, sym, ref, ref_w, pc, nrows, ncols,
+    m_ds, theta_step, rho_step, half, r_out,
+):  # pragma: no cover - numba
+    """Among the best-voted distinct hypotheses, the one the Radon transform supports most.
+
+    Voting counts only the detected peaks; at low dose several of them are
+    noise and a wrong hypothesis can collect as many votes as the right one.
+    The evidence (:func:`band_evidence`) integrates the filtered transform
+    along *every* band a hypothesis predicts, detected or not, so it tells
+    them apart. Up to ``n_select`` distinct orientations (5 degrees apart,
+    symmetry included) are compared, in decreasing vote order. Returns True
+    (and the winner in ``r_out``) only if it is not the voted one.
+    """
+    order = np.argsort(-cand_score[:n_cand], kind="mergesort")
+    # Distinctness via a canonical symmetry-equivalent per hypothesis (the one
+    # closest to identity, i.e. largest trace): two hypotheses are the same
+    # orientation when their canonical quaternions are close. One 24-trace
+    # pass per hypothesis instead of one per pair of hypotheses. Near the
+    # fundamental-zone boundary the canonical choice can flip, which only
+    # costs a duplicate evaluation, never a wrong merge.
+    reps = np.empty((n_select, 4))
+    cos_half = np.cos(np.radians(2.5))
+    _canonical_quat(r_vote, sym, reps[0])
+    n_dist = 1
+    best_e = band_evidence(filt, valid, b, r_vote, ref, ref_w, pc, nrows, ncols, m_ds, theta_step, rho_step, half)
+    changed = False
+    q = np.empty(4)
+    for k in range(order.size):
+        if n_dist >= n_select:
+            break
+        c = order[k]
+        if cand_score[c] < 3:
+            break
+        _canonical_quat(cand_r[c], sym, q)
+        new = True
+        for j in range(n_dist):
+            if abs(q[0] * reps[j, 0] + q[1] * reps[j, 1] + q[2] * reps[j, 2] + q[3] * reps[j, 3]) >= cos_half:
+                new = False
+                break
+        if not new:
+            continue
+        reps[n_dist] = q
+        n_dist += 1
+        e = band_evidence(filt, valid, b, cand_r[c], ref, ref_w, pc, nrows, ncols, m_ds, theta_step, rho_step, half)
+        if e > best_e:
+            best_e = e
+            r_out[:, :] = cand_r[c]
+            changed = True
+    return changed
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
 def _vote_block(
     filt, b_first, start, stop, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands,
     pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-    n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
+    n_pair_bands, luts, weight_fit, n_select, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     """Peaks, band normals, voting and phase choice for patterns ``start:stop``.
 
@@ -126,15 +196,21 @@ def _vote_block(
     n_phases = pair_off.size - 1
     theta_step = np.pi / n_theta
     half = (n_rho - 1) / 2.0
-    pk_t = np.empty(n_bands)
-    pk_r = np.empty(n_bands)
-    pk_h = np.empty(n_bands)
+    n_act = stop - start
+    blk_t = np.empty((n_act, n_bands))
+    blk_r = np.empty((n_act, n_bands))
+    blk_h = np.empty((n_act, n_bands))
+    blk_n = np.empty(n_act, dtype=np.int64)
+    # The block's own patterns as a (possibly strided) view: one vectorised
+    # pass over the transform finds every pattern's peaks.
+    find_peaks_block(filt[:, :, b_first : b_first + n_act], valid, n_act, n_bands, blk_t, blk_r, blk_h, blk_n)
     rho = np.empty(n_bands)
     theta = np.empty(n_bands)
     normals = np.empty((n_bands, 3))
     weights = np.empty(n_bands)
     r_best = np.empty((3, 3))
     r_ref = np.empty((3, 3))
+    r_sel = np.empty((3, 3))
     ph_r = np.empty((n_phases, 3, 3))
     ph_cnt = np.zeros(n_phases, dtype=np.int64)
     ph_fit = np.zeros(n_phases)
@@ -145,7 +221,10 @@ def _vote_block(
     for k in range(stop - start):
         b = b_first + k
         s = start + k
-        nfound = find_peaks(filt, valid, b, n_bands, pk_t, pk_r, pk_h)
+        nfound = blk_n[k]
+        pk_t = blk_t[k]
+        pk_r = blk_r[k]
+        pk_h = blk_h[k]
         nbands_out[s] = nfound
         hsum = 0.0
         for j in range(nfound):
@@ -163,7 +242,7 @@ def _vote_block(
         if nfound >= 3:
             max_cnt = 0
             for ph in range(n_phases):
-                cnt, f, c = vote_orientation(
+                cnt, f, c, n_cand = vote_orientation(
                     normals,
                     nfound,
                     weights,
@@ -174,10 +253,21 @@ def _vote_block(
                     pair_tol,
                     match_tol,
                     n_pair_bands,
+                    luts[ph],
                     ph_r[ph],
                     cand_r,
                     cand_score,
                 )
+                if cnt >= 3 and n_select > 1:
+                    lo_ = ref_off[ph]
+                    hi_ = ref_off[ph + 1]
+                    if select_by_evidence(
+                        filt, valid, b, ph_r[ph], cand_r, cand_score, n_cand, n_select,
+                        sym[sym_off[ph] : sym_off[ph + 1]], ref[lo_:hi_], ref_w[lo_:hi_], pc, nrows,
+                        ncols, m_ds, theta_step, rho_step, half, r_sel,
+                    ):
+                        refit(r_sel, normals, nfound, weights, ref[lo_:hi_], match_tol, ph_r[ph])
+                        cnt, f = band_fit(ph_r[ph], normals, nfound, ref[lo_:hi_], match_tol)
                 ph_cnt[ph] = cnt
                 ph_fit[ph] = f
                 ph_conf[ph] = c
@@ -236,7 +326,7 @@ def _index_block(
     start, stop, pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight,
     inv_count, valid, k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands,
     pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-    n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
+    n_pair_bands, luts, weight_fit, n_select, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     # A separate function so that numba's parfor pass cannot hoist the
     # scratch allocations out of the parallel loop (they would be shared by
@@ -253,7 +343,7 @@ def _index_block(
     _vote_block(
         filt, 0, start, stop, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands,
         pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-        n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
+        n_pair_bands, luts, weight_fit, n_select, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
     )
 
 
@@ -261,7 +351,7 @@ def _index_block(
 def index_patterns_cpu(
     pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight, inv_count, valid,
     k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands, pair_angle, pair_triad, pair_off,
-    ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, n_pair_bands, weight_fit,
+    ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, n_pair_bands, luts, weight_fit, n_select,
     refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     """Index ``pats`` ((n, rows*cols), any real dtype) in place into the outputs.
@@ -279,14 +369,14 @@ def index_patterns_cpu(
             start, stop, pats, mask_index, bg, bg_mode, dyn_basis, dyn_pinv, lut_bin, lut_weight,
             inv_count, valid, k_rho, k_theta, rho_step, pcs, nrows, ncols, m_ds, n_bands,
             pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-            n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
+            n_pair_bands, luts, weight_fit, n_select, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
         )
 
 
 @nb.njit(cache=True, fastmath=True, parallel=True)
 def index_filtered_cpu(
     filt, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands, pair_angle, pair_triad, pair_off,
-    ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, n_pair_bands, weight_fit,
+    ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, n_pair_bands, luts, weight_fit, n_select,
     refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
 ):  # pragma: no cover - numba
     """Peaks-to-orientations on an already filtered transform ``(n_theta, n_rho, n)``.
@@ -302,5 +392,5 @@ def index_filtered_cpu(
         _vote_block(
             filt, start, start, stop, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands,
             pair_angle, pair_triad, pair_off, ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol,
-            n_pair_bands, weight_fit, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
+            n_pair_bands, luts, weight_fit, n_select, refine_iter, refine_min, rref, rref_w, rref_off, quat, phase_id, fit, conf, quality, nbands_out,
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from operators.indexing.bands import _value
+from operators.indexing.bands import _value, refine_peak
 from operators.indexing.geometry import band_normals, normal_to_line
 
 __all__ = ["guided_refine"]
@@ -100,20 +100,7 @@ def guided_refine(
                         is_max = False
             if not is_max:
                 continue
-            ok_lo, lo = _value(filt, valid, bt, bi - 1, b, n_theta, n_rho)
-            ok_hi, hi = _value(filt, valid, bt, bi + 1, b, n_theta, n_rho)
-            di_ = 0.0
-            if ok_lo and ok_hi:
-                den = lo - 2.0 * best + hi
-                if den < 0.0:
-                    di_ = min(max(0.5 * (lo - hi) / den, -0.5), 0.5)
-            ok_lo, lo = _value(filt, valid, bt - 1, bi, b, n_theta, n_rho)
-            ok_hi, hi = _value(filt, valid, bt + 1, bi, b, n_theta, n_rho)
-            dt_ = 0.0
-            if ok_lo and ok_hi:
-                den = lo - 2.0 * best + hi
-                if den < 0.0:
-                    dt_ = min(max(0.5 * (lo - hi) / den, -0.5), 0.5)
+            dt_, di_ = refine_peak(filt, valid, b, bt, bi)
             # bt may sit outside [0, n_theta) by one: the line formula is
             # periodic in theta only with rho mirrored, so map it back.
             tt = bt + dt_

@@ -20,6 +20,7 @@ Everything here runs once per phase in the indexer's constructor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from schemas.errors import SchemaError

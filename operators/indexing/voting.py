@@ -28,7 +28,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["vote_orientation", "band_fit", "matrix_to_quaternion"]
+__all__ = ["build_match_lut", "vote_orientation", "band_fit", "refit", "same_orientation", "matrix_to_quaternion"]
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)
@@ -83,6 +83,105 @@ def _score(r, normals, n_bands, ref, cos_tol, match, sign):  # pragma: no cover 
             sign[k] = bs
         else:
             match[k] = -1
+    return cnt, err
+
+
+def build_match_lut(ref: np.ndarray, match_tol_deg: float, n: int = 48) -> np.ndarray:
+    """Cube-map look-up of the reflector normals near each direction.
+
+    Cell ``(face, i, j)`` lists (``-1`` padded) every sign-free normal within
+    ``match_tol`` plus the cell's radius of some point of the cell, so a
+    band's possible matches are found with one look-up and one or two dot
+    products instead of a scan of all normals. The check itself stays exact.
+
+    Parameters
+    ----------
+    ref
+        ``(m, 3)`` unit normals.
+    match_tol_deg
+        Match tolerance in degrees.
+    n
+        Cells per face side.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(6, n, n, k)`` int32.
+
+    Examples
+    --------
+    >>> lut = build_match_lut(np.eye(3), 2.5, n=8)
+    >>> lut.shape[:3], int(lut[0, 4, 4, 0])
+    ((6, 8, 8), 0)
+    """
+    c = (np.arange(n) + 0.5) / n * 2 - 1
+    uu, vv = np.meshgrid(c, c, indexing="ij")
+    lists = []
+    # Largest angle between a cell centre and a point of its cell, bounded
+    # generously by the half-diagonal at the face centre.
+    radius = np.degrees(np.arctan(np.sqrt(2) / n)) + 0.05
+    cos_lim = np.cos(np.radians(match_tol_deg + radius))
+    for face in range(6):
+        axis, sgn = face // 2, 1.0 if face % 2 == 0 else -1.0
+        d = np.zeros((n, n, 3))
+        d[..., axis] = sgn
+        d[..., (axis + 1) % 3] = uu
+        d[..., (axis + 2) % 3] = vv
+        d /= np.linalg.norm(d, axis=-1, keepdims=True)
+        near = np.abs(d @ ref.T) >= cos_lim
+        lists.append(near)
+    near = np.stack(lists)
+    k = max(1, int(near.sum(axis=-1).max()))
+    lut = np.full((6, n, n, k), -1, dtype=np.int32)
+    idx = np.argwhere(near)
+    fill = np.zeros((6, n, n), dtype=np.int64)
+    for f, i, j, h in idx:
+        lut[f, i, j, fill[f, i, j]] = h
+        fill[f, i, j] += 1
+    return lut
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def _score_lut(r, normals, n_bands, ref, lut, cos_tol, match, sign):  # pragma: no cover - numba
+    # As _score, but candidate normals come from the cube-map look-up table.
+    n = lut.shape[1]
+    k_max = lut.shape[3]
+    cnt = 0
+    err = 0.0
+    for k in range(n_bands):
+        c0 = r[0, 0] * normals[k, 0] + r[1, 0] * normals[k, 1] + r[2, 0] * normals[k, 2]
+        c1 = r[0, 1] * normals[k, 0] + r[1, 1] * normals[k, 1] + r[2, 1] * normals[k, 2]
+        c2 = r[0, 2] * normals[k, 0] + r[1, 2] * normals[k, 1] + r[2, 2] * normals[k, 2]
+        a0 = abs(c0)
+        a1 = abs(c1)
+        a2 = abs(c2)
+        if a0 >= a1 and a0 >= a2:
+            face = 0 if c0 >= 0 else 1
+            u = c1 / a0
+            v = c2 / a0
+        elif a1 >= a2:
+            face = 2 if c1 >= 0 else 3
+            u = c2 / a1
+            v = c0 / a1
+        else:
+            face = 4 if c2 >= 0 else 5
+            u = c0 / a2
+            v = c1 / a2
+        i = min(int((u + 1.0) * 0.5 * n), n - 1)
+        j = min(int((v + 1.0) * 0.5 * n), n - 1)
+        match[k] = -1
+        for q in range(k_max):
+            h = lut[face, i, j, q]
+            if h < 0:
+                break
+            d = c0 * ref[h, 0] + c1 * ref[h, 1] + c2 * ref[h, 2]
+            ad = abs(d)
+            if ad >= cos_tol:
+                cnt += 1
+                err += np.arccos(min(ad, 1.0))
+                match[k] = h
+                sign[k] = 1.0 if d >= 0 else -1.0
+                break
     return cnt, err
 
 
@@ -141,6 +240,7 @@ def vote_orientation(
     pair_tol,
     match_tol,
     n_pair_bands,
+    lut,
     r_best,
     cand_r,
     cand_score,
@@ -162,6 +262,8 @@ def vote_orientation(
     n_pair_bands
         Hypotheses come from pairs among the first (strongest) this many
         bands; all ``n_bands`` vote.
+    lut
+        :func:`build_match_lut` of ``ref`` for ``match_tol``.
     r_best
         ``(3, 3)`` output: crystal-to-sample rotation.
     cand_r, cand_score
@@ -169,9 +271,10 @@ def vote_orientation(
 
     Returns
     -------
-    n_matched, fit_deg, confidence
+    n_matched, fit_deg, confidence, n_cand
         Bands explained, mean angular deviation (degrees) of those bands
-        after the least-squares fit, and the voting margin in [0, 1].
+        after the least-squares fit, the voting margin in [0, 1], and the
+        number of hypotheses stored in ``cand_r``/``cand_score``.
     """
     n_pairs_ref = pair_angle.size
     cos_match = np.cos(match_tol)
@@ -223,7 +326,7 @@ def vote_orientation(
                         n_cand += 1
                     p += 1
                     continue
-                cnt, err = _score(r, normals, n_bands, ref, cos_match, match, sign)
+                cnt, err = _score_lut(r, normals, n_bands, ref, lut, cos_match, match, sign)
                 if cnt > best_cnt or (cnt == best_cnt and err < best_err):
                     best_cnt = cnt
                     best_err = err
@@ -234,7 +337,7 @@ def vote_orientation(
                     n_cand += 1
                 p += 1
     if best_cnt < 2:
-        return 0, 180.0, 0.0
+        return 0, 180.0, 0.0, n_cand
     # Least-squares refinement, re-match, refit.
     for _ in range(2):
         cnt, err = _score(r_best, normals, n_bands, ref, cos_match, match, sign)
@@ -251,7 +354,28 @@ def vote_orientation(
                 second = cand_score[c]
     conf = (cnt - second) / max(n_bands - 2, 1)
     conf = min(max(conf, 0.0), 1.0)
-    return cnt, fit, conf
+    return cnt, fit, conf, n_cand
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def same_orientation(r1, r2, sym, max_deg):  # pragma: no cover - numba
+    """True if two crystal-to-sample matrices are within ``max_deg`` under ``sym``."""
+    return _same_orientation(r1, r2, sym, np.cos(np.radians(max_deg)))
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True)
+def refit(r, normals, n_bands, weights, ref, match_tol, r_out):  # pragma: no cover - numba
+    """Match bands to ``r``, least-squares fit, re-match, fit again (into ``r_out``)."""
+    match = np.empty(n_bands, dtype=np.int64)
+    sign = np.empty(n_bands, dtype=np.float64)
+    cos_match = np.cos(match_tol)
+    cur = r.copy()
+    tmp = np.empty((3, 3))
+    for _ in range(2):
+        _score(cur, normals, n_bands, ref, cos_match, match, sign)
+        if _fit(normals, n_bands, ref, match, sign, weights, tmp):
+            cur[:, :] = tmp
+    r_out[:, :] = cur
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True)

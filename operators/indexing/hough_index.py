@@ -67,7 +67,7 @@ class HoughIndex(Operator):
                                            "default: the phases listed in the cube's metadata")
     pc: tuple[float, float, float] | None = param(None, doc="projection centre (x, y, z) overriding the cube's")
     pc_convention: str = param("bruker", doc="convention of 'pc'", choices=_PC_CONVENTIONS)
-    n_bands: int = param(12, doc="bands detected per pattern")
+    n_bands: int | None = param(None, doc="bands detected per pattern (default: the indexer's, 15)")
     use_static_background: bool = param(True, doc="subtract the cube's static_background variable when present")
     dynamic_background: bool = param(False, doc="also remove a fitted quadratic surface from each pattern")
     backend: str = param("auto", doc="auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
@@ -130,7 +130,7 @@ class HoughIndex(Operator):
             raise PipelineError(self.name, f"cannot Hough-index a {modality} scan", "index EBSD or TKD cubes only")
         if len(spec.det_shape) != 2:
             raise PipelineError(self.name, f"frames must be 2-D, got {spec.det_shape}", "index detector frames")
-        if self.n_bands < 3:
+        if self.n_bands is not None and self.n_bands < 3:
             raise PipelineError(f"{self.name}.n_bands", f"need at least 3 bands, got {self.n_bands}", "use 6 to 12")
         self._phase_list(spec)
         self._pc_and_convention(spec)
@@ -172,8 +172,9 @@ class HoughIndex(Operator):
         background = self.static_background
         if background is not None and tuple(np.shape(background)) != tuple(spec.det_shape):
             background = None  # frames were binned or cropped by an earlier step
+        options = {} if self.n_bands is None else {"n_bands": int(self.n_bands)}
         indexer = HoughIndexer(
-            self._phase_list(spec), detector, n_bands=self.n_bands, static_background=background,
+            self._phase_list(spec), detector, **options, static_background=background,
             dynamic_background=self.dynamic_background,
             backend="cuda" if backend == "cupy" else self.backend,
         )

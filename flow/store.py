@@ -31,7 +31,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -197,6 +197,43 @@ class FrameArrayWriter:
             self._written += take
             if self._fill == capacity:
                 self._flush(rows, cols)
+
+    def write_region(self, y0: int, x0: int, block: np.ndarray) -> None:
+        """Write a block ``(rows, cols, *frame)`` at scan position ``(y0, x0)``, out of scan order.
+
+        For writers that receive regions in any order (parallel readers, a live
+        source): the region must be made of whole shards (edge shards clipped
+        to the scan) so that no shard is ever written twice or by two writers.
+        Do not mix with :meth:`append` on one variable.
+
+        Raises
+        ------
+        SchemaError
+            The region is not shard-aligned or does not fit.
+
+        Examples
+        --------
+        >>> import numpy as np, zarr
+        >>> root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        >>> w = FrameArrayWriter(root, "p", CubeLayout((2, 4, 1, 1), (1, 2, 1, 1), (1, 2, 1, 1)), np.dtype("u1"))
+        >>> w.write_region(1, 2, np.ones((1, 2, 1, 1), "u1")); w.frames_written
+        2
+        """
+        block = np.asarray(block)
+        sy, sx = self.layout.shape[:2]
+        ry, rx = self.layout.shards[:2]
+        rows, cols = block.shape[:2]
+        aligned = y0 % ry == 0 and x0 % rx == 0 and (rows % ry == 0 or y0 + rows == sy) \
+            and (cols % rx == 0 or x0 + cols == sx)
+        if not aligned or y0 + rows > sy or x0 + cols > sx or block.shape[2:] != self._frame_shape:
+            raise SchemaError(f"{self.where}: {self.name}", f"region at ({y0}, {x0}) of shape {block.shape} is "
+                              f"not made of whole shards {self.layout.shards} inside {self.layout.shape}",
+                              "write regions aligned to the store's shards")
+        if self.check_finite and not np.isfinite(block).all():
+            raise InputFileError(self.where, f"region at ({y0}, {x0}) contains NaN or infinite values",
+                                 "repair or drop the bad frames before writing")
+        self.array[y0:y0 + rows, x0:x0 + cols] = block
+        self._written += rows * cols
 
     def _flush(self, rows: int, cols: int) -> None:
         y0, x0 = self._shard_origin
@@ -525,6 +562,8 @@ def open_cube(path: str | os.PathLike, chunks: str | dict | None = "store"):
                           "re-create the store with diffraflow")
     if chunks == "store":
         chunks = dict(zip(SCAN_DIMS, patterns.chunks, strict=True))
-    ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3, chunks=chunks)
+    # any other string is passed on for xarray to accept ("auto") or reject
+    ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3,
+                      chunks=cast("dict | Literal['auto'] | None", chunks))
     ds.attrs = {"scan": scan.model_dump(mode="json"), "diffraflow": dict(group.attrs["diffraflow"])}
     return ds

@@ -165,10 +165,16 @@ def _phase_from_cif(path: Path):
         raise SchemaError(str(path), "CIF gives no space group",
                           "add _symmetry_Int_Tables_number or _space_group_IT_number") from None
     phase.name = phase.name or path.stem
-    # CIF lattices are in Angstrom; orix and kikuchipy work in nm.
+    # CIF lattices are in Angstrom; orix and kikuchipy work in nm. Rebuild the
+    # structure on a new lattice: rescaling the parsed lattice in place leaves
+    # diffpy's cached Cartesian positions stale (expansion then gave 52 Ni atoms).
     lat = phase.structure.lattice
     if lat.a > 1.5:
-        lat.setLatPar(lat.a / 10, lat.b / 10, lat.c / 10, lat.alpha, lat.beta, lat.gamma)
+        from diffpy.structure import Atom, Lattice, Structure
+
+        nm = Lattice(lat.a / 10, lat.b / 10, lat.c / 10, lat.alpha, lat.beta, lat.gamma)
+        atoms = [Atom(element_symbol(a.element), a.xyz.copy(), occupancy=a.occupancy) for a in phase.structure]
+        phase.structure = Structure(atoms=atoms, lattice=nm)
     return phase
 
 

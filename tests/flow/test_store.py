@@ -169,3 +169,19 @@ def test_unwritable_destination_reported_even_as_root(tmp_path, monkeypatch):
     with pytest.raises(DestinationNotWritableError, match="not writable"):
         create_cube(tmp_path / "x.zarr", scan_shape=(1, 1), det_shape=(2, 2), dtype="uint8",
                     attrs=attrs_for((2, 2)))
+
+
+def test_write_regions_out_of_order(tmp_path):
+    rng = np.random.default_rng(1)
+    cube = rng.integers(0, 255, (7, 5, 3, 3), dtype="uint8")
+    path = tmp_path / "r.zarr"
+    with create_cube(path, scan_shape=(7, 5), det_shape=(3, 3), dtype="uint8", attrs=attrs_for((3, 3)),
+                     chunk_frames=10, shard_bytes=9 * 10 * 2) as w:
+        ry = w.layout.shards[0]
+        starts = list(range(0, 7, ry))[::-1]  # last shard first
+        for y0 in starts:
+            w.patterns.write_region(y0, 0, cube[y0:y0 + ry])
+        with pytest.raises(SchemaError, match="whole shards"):
+            w.patterns.write_region(1, 0, cube[1:2])
+        w.finalize()
+    np.testing.assert_array_equal(open_cube(path)["patterns"].values, cube)

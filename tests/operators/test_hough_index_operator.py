@@ -11,7 +11,7 @@ from operators.base import build_operator
 from operators.crystallography import get_phase
 from operators.indexing.testing import disorientation_deg
 from operators.simulate.ebsd import simulate_ebsd
-from schemas.errors import PipelineError
+from schemas.errors import PipelineError, SchemaError
 from tests.operators.conformance import check_operator
 
 PC = (0.421, 0.221, 0.505)
@@ -64,3 +64,39 @@ def test_bad_parameters_fail_before_data():
     with pytest.raises(PipelineError, match="projection centre is unknown"):
         build_operator("hough_index", {"phases": ["ni"]}).resolve(
             InputSpec((1, 1), (60, 60), np.dtype("uint8"), {"modality": "ebsd", "detector": {"shape": [60, 60]}}))
+
+
+NI_CIF = """data_nickel
+_symmetry_space_group_name_H-M   'F m -3 m'
+_symmetry_Int_Tables_number      225
+_cell_length_a                   3.5236
+_cell_length_b                   3.5236
+_cell_length_c                   3.5236
+_cell_angle_alpha                90
+_cell_angle_beta                 90
+_cell_angle_gamma                90
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Ni1 Ni 0.0 0.0 0.0 1.0
+"""
+
+
+def test_phase_from_cif_file(tmp_path):
+    cif = tmp_path / "nickel.cif"
+    cif.write_text(NI_CIF)
+    phase = get_phase(str(cif))
+    assert phase.point_group.name == "m-3m" and phase.space_group.number == 225
+    assert abs(phase.structure.lattice.a - 0.35236) < 1e-6  # Angstrom in the file, nm in orix
+    assert len(phase.expand_asymmetric_unit().structure) == 4
+    from operators.base import InputSpec
+
+    op = build_operator("hough_index", {"phases": [str(cif)], "pc": list(PC)})
+    assert "rotation" in op.resolve(InputSpec((1, 1), (60, 60), np.dtype("uint8"), None))
+    (tmp_path / "broken.cif").write_text("data_x\n_cell_length_a oops\n")
+    with pytest.raises(SchemaError):
+        get_phase(str(tmp_path / "broken.cif"))

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -173,9 +173,9 @@ def _ctf_ang_header(path: Path) -> dict[str, Any]:
     out["sample_tilt"] = num("tiltangle")
     out["step"] = (num("ystep"), num("xstep"))
     if path.suffix.lower() == ".ang":
-        pc = (num("x-star"), num("y-star"), num("z-star"))
-        if all(v is not None for v in pc) and pc[2] > 0:
-            out["pc"] = pc
+        x_star, y_star, z_star = num("x-star"), num("y-star"), num("z-star")
+        if x_star is not None and y_star is not None and z_star is not None and z_star > 0:
+            out["pc"] = (x_star, y_star, z_star)
     return out
 
 
@@ -340,7 +340,7 @@ def convert(
             attrs.setdefault("original_metadata", {})["conversion_notes"] = list(notes)
         dtype = np.dtype(probe.dtype)
         chunk_bytes = int(chunk_mb * 2**20) if chunk_mb else None
-        kwargs = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
+        kwargs: dict[str, Any] = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
         batch = max(1, batch_bytes // max(1, probe.frame_bytes))
         start = time.perf_counter()
         with create_cube(output, scan_shape=shape, det_shape=probe.det_shape, dtype=dtype, attrs=attrs,
@@ -351,7 +351,7 @@ def convert(
             path = writer.finalize()
     seconds = time.perf_counter() - start
     return ConvertReport(path, str(attrs["provenance"].get("source_format", reader.format_name)), shape,
-                         tuple(probe.det_shape), dtype.name, probe.n_frames, probe.n_frames * probe.frame_bytes,
+                         cast("tuple[int, int]", tuple(probe.det_shape)), dtype.name, probe.n_frames, probe.n_frames * probe.frame_bytes,
                          seconds, notes)
 
 

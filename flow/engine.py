@@ -42,8 +42,9 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -52,10 +53,16 @@ from flow.executors.base import RunShared, run_chunk, to_numpy
 from flow.pipeline import Pipeline, Step, load_pipeline
 from flow.results import MemorySink, ResultSink, ZarrResultStore
 from flow.sources import ArraySource, ChunkSource, ZarrCubeSource
-from operators.base import ChunkContext
+from operators.base import ChunkContext, Operator
 from schemas.errors import ChunkFailedError, PipelineError
 
 __all__ = ["RunReport", "run_pipeline", "make_source", "bind_pipeline"]
+
+class _BindsStoreVariables(Protocol):
+    """An operator with the optional ``bind_store_variables`` hook (looked up with getattr)."""
+
+    def bind_store_variables(self, variables: Mapping[str, Any]) -> Operator: ...
+
 
 #: Checkpoint reduction partials after every merge while they are this small.
 SMALL_PARTIALS_BYTES = 16 * 2**20
@@ -131,7 +138,7 @@ def bind_pipeline(pipeline: Pipeline, source: ChunkSource) -> Pipeline:
         return pipeline
     variables_fn = getattr(source, "variables", None)
     variables = variables_fn() if callable(variables_fn) else {}
-    steps = [Step(s.op.bind_store_variables(variables), s.name, s.backend, s.save)
+    steps = [Step(cast(_BindsStoreVariables, s.op).bind_store_variables(variables), s.name, s.backend, s.save)
              if s in binders else s for s in pipeline.steps]
     bound = Pipeline(steps, chunk_frames=pipeline.chunk_frames)
     bound._identity = pipeline  # fingerprints follow the pipeline as written

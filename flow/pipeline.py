@@ -231,6 +231,10 @@ class Pipeline:
     schemas.errors.PipelineError: pipeline: step name 'a' is used twice (fix: give each step a unique 'name')
     """
 
+    #: Set only on pipelines made by ``flow.engine.bind_pipeline``: the pipeline as
+    #: written, whose fingerprint the bound one keeps (annotation only, no default).
+    _identity: Pipeline
+
     def __init__(self, steps: Sequence[Operator | Step | tuple[str, Operator]], chunk_frames: int | None = None) -> None:
         built: list[Step] = []
         for item in steps:

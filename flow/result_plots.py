@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 __all__ = ["plot_result_store"]
+
+
+class _HasMaskLabels(Protocol):
+    """A virtual-image operator (``mask_labels`` is not part of the base ``Operator``)."""
+
+    def mask_labels(self, spec: Any) -> list[str]: ...
 
 
 def _labels_for(record: dict[str, Any], spec_attrs: dict[str, Any] | None, det_shape, n: int) -> list[str]:
@@ -30,7 +36,7 @@ def _labels_for(record: dict[str, Any], spec_attrs: dict[str, Any] | None, det_s
 
         op = build_operator(record["operator"], record.get("params") or {})
         spec = InputSpec((1, 1), tuple(det_shape), np.dtype("float32"), spec_attrs)
-        labels = list(op.mask_labels(spec))
+        labels = list(cast(_HasMaskLabels, op).mask_labels(spec))
         if len(labels) == n:
             return labels
     except Exception:  # labels are a nicety: fall back to numbers rather than fail the pictures

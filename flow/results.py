@@ -46,13 +46,17 @@ import os
 import pickle
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from schemas.cube import StoreMarker
 from schemas.errors import OutputExistsError, SchemaError
+
+if TYPE_CHECKING:
+    import zarr
 
 # Progress records live in OUT.zarr/_progress (no zarr.json) only while a run
 # is incomplete; zarr warns about them when listing members. That is expected.
@@ -156,10 +160,12 @@ class ZarrResultStore(ResultSink):
         is refused.
     """
 
+    path: str
+
     def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         self.path = str(Path(path).expanduser().absolute())
         self.overwrite = overwrite
-        self.group = None
+        self.group: zarr.Group | None = None
         self._arrays: dict[str, Any] = {}
         self.resumed = False
 
@@ -199,8 +205,8 @@ class ZarrResultStore(ResultSink):
         fix = "pass --overwrite to replace it, or choose another --output"
         try:
             group = zarr.open_group(str(final), mode="r", zarr_format=3)
-            marker = StoreMarker.model_validate(dict(group.attrs.get("diffraflow", {})))
-            old = dict(group.attrs.get("run", {}))
+            marker = StoreMarker.model_validate(dict(cast(Mapping[str, Any], group.attrs.get("diffraflow", {}))))
+            old = dict(cast(Mapping[str, Any], group.attrs.get("run", {})))
         except Exception:
             raise OutputExistsError(str(final), "exists and is not a diffraflow result store", fix) from None
         if marker.kind != "result":
@@ -223,6 +229,7 @@ class ZarrResultStore(ResultSink):
             saved = {k: v for k, v in step.outputs.items() if step.saved(k)}
             if not saved:
                 continue
+            assert self.group is not None  # opened by open()
             sub = self.group.create_group(step.name)
             sub.attrs.update(_step_attrs(step))
             for name, out in saved.items():
@@ -283,6 +290,7 @@ class ZarrResultStore(ResultSink):
 
     def complete(self) -> None:
         marker = StoreMarker(kind="result", complete=True).model_dump()
+        assert self.group is not None  # opened by open()
         self.group.attrs.update({"diffraflow": marker})
         shutil.rmtree(self._progress, ignore_errors=True)
 
@@ -291,7 +299,8 @@ class ZarrResultStore(ResultSink):
 
     def is_complete(self) -> bool:
         """True when an earlier run finished this store."""
-        marker = dict(self.group.attrs.get("diffraflow", {})) if self.group is not None else {}
+        marker: dict[str, Any] = (
+            dict(cast(Mapping[str, Any], self.group.attrs.get("diffraflow", {}))) if self.group is not None else {})
         return bool(marker.get("complete"))
 
 

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -209,9 +209,10 @@ class ZarrCubeSource:
             raise SchemaError(f"{self.path}: {variable}", "store has no such array", "pass a scan cube")
         arr = group[variable]
         shape = tuple(int(s) for s in arr.shape)
-        self.spec = InputSpec(scan_shape=shape[:2], det_shape=shape[2:], dtype=np.dtype(str(arr.dtype)),
+        self.spec = InputSpec(scan_shape=cast("tuple[int, int]", shape[:2]),
+                              det_shape=cast("tuple[int, int]", shape[2:]), dtype=np.dtype(str(arr.dtype)),
                               attrs=scan.model_dump(mode="json"))
-        self.store_chunks = tuple(int(c) for c in arr.chunks[:2])
+        self.store_chunks = cast("tuple[int, int]", tuple(int(c) for c in arr.chunks[:2]))
         self.grid = region_grid(self.spec.scan_shape, self.spec.det_shape, self.spec.dtype.itemsize,
                                 chunk_frames, default=self.store_chunks)
         self._created = scan.provenance.created
@@ -274,5 +275,6 @@ class ArraySource:
         return np.ascontiguousarray(block).reshape(region.n, *self.spec.det_shape)
 
     def identity(self) -> dict[str, Any]:
-        digest = hashlib.sha256(np.ascontiguousarray(self.array).view(np.uint8).ravel()[: 1 << 20]).hexdigest()[:16]
+        head = np.ascontiguousarray(self.array).view(np.uint8).ravel()[: 1 << 20]
+        digest = hashlib.sha256(head).hexdigest()[:16]  # type: ignore[arg-type]  # numpy stub lacks __buffer__
         return {"array": list(self.array.shape), "dtype": self.array.dtype.str, "sha256_1MiB": digest}

@@ -53,7 +53,7 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class InputSpec:
 
     def with_frames(self, det_shape: tuple[int, ...], dtype: Any) -> InputSpec:
         """The spec seen by the next step after a ``frames`` output."""
-        return dataclasses.replace(self, det_shape=tuple(det_shape), dtype=np.dtype(dtype))
+        return dataclasses.replace(self, det_shape=cast("tuple[int, int]", tuple(det_shape)), dtype=np.dtype(dtype))
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,10 @@ def param(default: Any = dataclasses.MISSING, *, doc: str, choices: tuple | None
     """
     metadata = {"doc": doc, "choices": choices}
     if isinstance(default, list | dict | set):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
+        def _copy_default(d: Any = default) -> Any:
+            return type(d)(d)
+
+        return field(default_factory=_copy_default, metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
 
 

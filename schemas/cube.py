@@ -135,9 +135,9 @@ class StepSize(_Strict):
     'um'
     """
 
-    y: float = Field(1.0, gt=0)
-    x: float = Field(1.0, gt=0)
-    unit: str = Field("um", description="length unit of the steps: um or nm")
+    y: float = Field(default=1.0, gt=0)
+    x: float = Field(default=1.0, gt=0)
+    unit: str = Field(default="um", description="length unit of the steps: um or nm")
 
 
 class PhaseRecord(_Strict):

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flow.executors.base import Executor
 from schemas.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from distributed import as_completed
 
 __all__ = ["DistributedExecutor"]
 
@@ -56,8 +59,8 @@ class DistributedExecutor(Executor):
         self.processes = processes
         self._client = client
         self._own_client = client is None
-        self._cluster = None
-        self._ac = None
+        self._cluster: Any = None  # LocalCluster or dask_cuda's LocalCUDACluster
+        self._ac: as_completed | None = None
         self._futures: dict[Any, Any] = {}
         self._gpu_resources = False
 

@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -165,8 +165,10 @@ class Reader(abc.ABC):
     def __init__(self, path: str | os.PathLike, *, scan_shape: tuple[int, int] | None = None,
                  det_shape: tuple[int, int] | None = None) -> None:
         self.path = Path(path)
-        self.scan_shape_hint = tuple(scan_shape) if scan_shape else None
-        self.det_shape_hint = tuple(det_shape) if det_shape else None
+        self.scan_shape_hint: tuple[int, int] | None = (
+            cast("tuple[int, int]", tuple(scan_shape)) if scan_shape else None)
+        self.det_shape_hint: tuple[int, int] | None = (
+            cast("tuple[int, int]", tuple(det_shape)) if det_shape else None)
         self._probe_cache: Probe | None = None
 
     # -- contract -------------------------------------------------------

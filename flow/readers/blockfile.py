@@ -69,6 +69,7 @@ class BlockfileReader(Reader):
         with open(self.path, "rb") as fh:
             fh.seek(HEADER_DTYPE.itemsize)
             note = fh.read(max(0, off1 - HEADER_DTYPE.itemsize)).decode("latin-1").strip("\x00")
+        assert HEADER_DTYPE.names is not None  # a structured dtype
         header = {name: jsonable(h[name]) for name in HEADER_DTYPE.names}
         header["Note"] = note
         attrs: dict = {"modality": "sped", "detector": {"shape": [side, side]},

@@ -29,7 +29,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -335,8 +335,10 @@ class H5EBSDReader(Reader):
                 continue
             rec: dict[str, Any] = {"id": int(key), "name": str(_get(ph, "MaterialName", "Formula") or f"phase_{key}")}
             lat = [_float(_get(ph, f"Lattice Constant {p}")) for p in ("a", "b", "c", "alpha", "beta", "gamma")]
-            if all(v is not None for v in lat) and min(lat[:3]) > 0:
-                rec["lattice"] = [v / 10 for v in lat[:3]] + lat[3:]  # EDAX writes Angstrom; we store nm
+            if all(v is not None for v in lat):
+                lat_f = cast("list[float]", lat)  # every entry checked above
+                if min(lat_f[:3]) > 0:
+                    rec["lattice"] = [v / 10 for v in lat_f[:3]] + lat_f[3:]  # EDAX writes Angstrom; we store nm
             sym = _get(ph, "Symmetry")
             if isinstance(sym, (int, np.integer)) and int(sym) in _TSL_SYMMETRY:
                 rec["point_group"] = _TSL_SYMMETRY[int(sym)]
@@ -352,7 +354,7 @@ class H5EBSDReader(Reader):
                 phase = np.full(n, ids[0])
             scores = {k: np.asarray(v).reshape(-1) for k, v in data.items()
                       if k in ("CI", "IQ", "Fit", "SEM Signal", "Valid") and np.size(v) == n}
-            cmap = euler_map_variables(np.stack(euler, axis=-1), phase, scores, (ny, nx))
+            cmap = euler_map_variables(np.stack(cast("list[np.ndarray]", euler), axis=-1), phase, scores, (ny, nx))
             variables.update(cmap)
             attrs["original_metadata"]["crystal_map_variables"] = sorted(cmap)
         return self._finish(attrs, ny, nx, sy, sx, pc, "edax", variables, notes)
@@ -398,7 +400,8 @@ class H5EBSDReader(Reader):
         pcs = [_get(data, k) for k in ("PCX", "PCY", "DD")]
         pc = None
         if all(p is not None for p in pcs):
-            pc = _pc_arrays(*(in_scan_order(p) for p in pcs), n, (ny, nx))
+            pc_x, pc_y, pc_z = (in_scan_order(p) for p in pcs)
+            pc = _pc_arrays(pc_x, pc_y, pc_z, n, (ny, nx))
         self._background(_get(header, "StaticBackground"), (sy, sx), variables)
         phases = []
         for key, ph in (_get(header, "Phases", default={}) or {}).items():

@@ -150,7 +150,7 @@ class HspyReader(Reader):
         nav_axes = [ax for ax, nv in zip(axes, navigate, strict=True) if nv]
         if len(nav_axes) == 2:
             unit_set = {str(ax.get("units", "")) for ax in nav_axes}
-            scales = [ax.get("scale") for ax in nav_axes]
+            scales: list[Any] = [ax.get("scale") for ax in nav_axes]
             unit = unit_set.pop() if len(unit_set) == 1 else ""
             unit = {"µm": "um", "μm": "um"}.get(unit, unit)
             if unit in ("nm", "um") and all(isinstance(s, (int, float)) and s > 0 for s in scales):

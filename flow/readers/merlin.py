@@ -130,6 +130,7 @@ class MerlinReader(Reader):
     def _row_length(self, record: np.dtype, count: int) -> int:
         """Frames per scan row: where the timestamps jump above their mean step (as RosettaSciIO)."""
         stamps = []
+        assert record.fields is not None  # a structured dtype with a "header" field
         with open(self.path, "rb") as fh:
             for i in range(count):
                 fh.seek(i * record.itemsize)

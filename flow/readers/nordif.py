@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -150,7 +150,8 @@ class NordifReader(Reader):
                 bg = np.asarray(im.convert("L") if im.mode not in ("L", "I;16") else im)
             if bg.shape == tuple(det):
                 variables["static_background"] = Variable(bg, ("det_y", "det_x"), {"source": bg_file.name})
-        return Probe(n_frames=n, scan_shape=tuple(scan), det_shape=tuple(det), dtype=np.dtype("uint8"),
+        return Probe(n_frames=n, scan_shape=cast("tuple[int, int]", tuple(scan)),
+                     det_shape=cast("tuple[int, int]", tuple(det)), dtype=np.dtype("uint8"),
                      attrs=attrs, variables=variables, notes=notes)
 
     def _iter_frames(self, batch: int) -> Iterator[np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class NpyReader(Reader):
         check_file_size(self.path, offset + n * int(np.prod(det)) * dtype.itemsize,
                         f"an array of shape {list(shape)} {dtype}")
         self._offset, self._fortran, self._file_dtype, self._shape = offset, fortran, dtype, shape
-        return Probe(n_frames=n, scan_shape=scan, det_shape=tuple(int(v) for v in det),
+        return Probe(n_frames=n, scan_shape=scan, det_shape=cast("tuple[int, int]", tuple(int(v) for v in det)),
                      dtype=dtype.newbyteorder("="), attrs={"detector": {"shape": list(det)}, "original_metadata": {
                          "npy_shape": list(shape), "npy_dtype": str(dtype), "fortran_order": bool(fortran)}},
                      notes=notes)

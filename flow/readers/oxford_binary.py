@@ -132,6 +132,7 @@ class OxfordBinaryReader(Reader):
                        "original_metadata": om}
         notes: list[str] = []
         scan: tuple[int, int] = (1, n_present)
+        assert record.names is not None  # a structured dtype
         if present.all() and "beam_x" in record.names and "beam_y" in record.names and n_present > 1:
             pick = read_records(self.path, int(starts[0]), 1, record)[0], \
                 read_records(self.path, int(starts[1]), 1, record)[0], \

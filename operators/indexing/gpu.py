@@ -115,9 +115,11 @@ def build_state(indexer, xp=None, ndimage=None, sparse=None) -> GPUState:
     GPUState
     """
     if xp is None:
-        import cupy as xp  # noqa: PLC0415 - lazy on purpose
-        import cupyx.scipy.ndimage as ndimage  # noqa: PLC0415
-        import cupyx.scipy.sparse as sparse  # noqa: PLC0415
+        import cupy as _cupy  # noqa: PLC0415 - lazy on purpose
+        import cupyx.scipy.ndimage as _cupy_ndimage  # noqa: PLC0415
+        import cupyx.scipy.sparse as _cupy_sparse  # noqa: PLC0415
+
+        xp, ndimage, sparse = _cupy, _cupy_ndimage, _cupy_sparse
     host = radon_matrix_host(indexer.plan)
     radon = host if sparse is None or xp is np else sparse.csr_matrix(host)
     return GPUState(

@@ -35,7 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, internal_field, param, register_operator
+from operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    internal_field,
+    param,
+    register_operator,
+)
 from schemas.errors import PipelineError
 
 __all__ = ["HoughIndex"]
@@ -172,7 +180,7 @@ class HoughIndex(Operator):
         background = self.static_background
         if background is not None and tuple(np.shape(background)) != tuple(spec.det_shape):
             background = None  # frames were binned or cropped by an earlier step
-        options = {} if self.n_bands is None else {"n_bands": int(self.n_bands)}
+        options: dict[str, Any] = {} if self.n_bands is None else {"n_bands": int(self.n_bands)}
         indexer = HoughIndexer(
             self._phase_list(spec), detector, **options, static_background=background,
             dynamic_background=self.dynamic_background,

@@ -175,12 +175,12 @@ def build_reflector_table(
     # band (superlattice orders of ordered phases are weak, so e.g. L1_2's
     # [100] direction is ranked by 200, not by 100).
     best: dict[tuple[int, int, int], tuple[float, int, np.ndarray, np.ndarray]] = {}
-    for i in np.flatnonzero(allowed):
-        key = _direction_key(xyz[i])
-        order = int(np.abs(hkl[i]).sum())
+    for ai in np.flatnonzero(allowed):
+        key = _direction_key(xyz[ai])
+        order = int(np.abs(hkl[ai]).sum())
         prev = best.get(key)
-        if prev is None or f2[i] > prev[0] * (1 + 1e-9) or (abs(f2[i] - prev[0]) <= 1e-9 * prev[0] and order < prev[1]):
-            best[key] = (float(f2[i]), order, hkl[i], xyz[i])
+        if prev is None or f2[ai] > prev[0] * (1 + 1e-9) or (abs(f2[ai] - prev[0]) <= 1e-9 * prev[0] and order < prev[1]):
+            best[key] = (float(f2[ai]), order, hkl[ai], xyz[ai])
 
     # Group directions into families: orbit under the proper Laue group (± free).
     fam_of: dict[tuple[int, int, int], int] = {}

@@ -182,25 +182,11 @@ def index_filtered(indexer, filt_host: np.ndarray, pcs: np.ndarray) -> dict[str,
     """Peaks to orientations (numba, CPU) from a host ``(n_theta, n_rho, n)`` transform."""
     from operators.indexing.kernel import index_filtered_cpu
 
-    n = filt_host.shape[2]
-    quat = np.zeros((n, 4))
-    phase_id = np.full(n, -1, dtype=np.int32)
-    fit = np.zeros(n, dtype=np.float32)
-    conf = np.zeros(n, dtype=np.float32)
-    quality = np.zeros(n, dtype=np.float32)
-    nb_out = np.zeros(n, dtype=np.int32)
-    if n:
-        index_filtered_cpu(
-            filt_host, indexer.valid, indexer.plan.rho_step, pcs, indexer.shape[0], indexer.shape[1],
-            indexer.m_ds, indexer.n_bands, indexer._pair_angle, indexer._pair_triad, indexer._pair_off,
-            indexer._ref, indexer._ref_w, indexer._ref_off, indexer._sym, indexer._sym_off,
-            np.radians(indexer.pair_tol), np.radians(indexer.match_tol), indexer.n_pair_bands, indexer._luts,
-            indexer.weight_fit, indexer.n_select, indexer.refine_iter, indexer.refine_min, indexer._rref, indexer._rref_w,
-            indexer._rref_off, quat, phase_id, fit, conf, quality, nb_out,
-        )
-    return dict(
-        quaternion=quat, phase_id=phase_id, fit=fit, confidence=conf, pattern_quality=quality, n_bands=nb_out
-    )
+    out = indexer._empty_outputs(filt_host.shape[2])
+    if filt_host.shape[2]:
+        index_filtered_cpu(filt_host, indexer.valid, indexer.plan.rho_step, *indexer._voting_args(pcs),
+                           *out.values())
+    return out
 
 
 def index_chunk_cuda(indexer, pats: np.ndarray, pcs: np.ndarray) -> dict[str, np.ndarray]:

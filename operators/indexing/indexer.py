@@ -373,34 +373,43 @@ class HoughIndexer:
         out["phase_id"] = np.where(local >= 0, ids[np.maximum(local, 0)], -1).astype(np.int32)
         return out
 
+    @staticmethod
+    def _empty_outputs(n: int) -> dict[str, np.ndarray]:
+        """Output buffers the numba kernels fill in place, in their argument order."""
+        return dict(
+            quaternion=np.zeros((n, 4)), phase_id=np.full(n, -1, dtype=np.int32),
+            fit=np.zeros(n, dtype=np.float32), confidence=np.zeros(n, dtype=np.float32),
+            pattern_quality=np.zeros(n, dtype=np.float32), n_bands=np.zeros(n, dtype=np.int32),
+        )
+
+    def _voting_args(self, pcs: np.ndarray) -> tuple:
+        """Arguments of the peaks-to-orientations stage, shared by the CPU and CUDA paths.
+
+        Both numba entry points take these, from ``pcs`` to the refinement
+        tables, right before their output buffers; one tuple keeps the two
+        paths from drifting apart when a table is added.
+        """
+        return (
+            pcs, self.shape[0], self.shape[1], self.m_ds, self.n_bands,
+            self._pair_angle, self._pair_triad, self._pair_off, self._ref, self._ref_w, self._ref_off,
+            self._sym, self._sym_off, np.radians(self.pair_tol), np.radians(self.match_tol), self.n_pair_bands,
+            self._luts, self.weight_fit, self.n_select, self.refine_iter, self.refine_min,
+            self._rref, self._rref_w, self._rref_off,
+        )
+
     def _index_cpu(self, pats: np.ndarray, pcs: np.ndarray) -> dict[str, np.ndarray]:
         from operators.indexing.kernel import index_patterns_cpu
 
-        n = pats.shape[0]
         if pats.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
             pats = pats.astype(np.float32)
-        quat = np.zeros((n, 4))
-        phase_id = np.full(n, -1, dtype=np.int32)
-        fit = np.zeros(n, dtype=np.float32)
-        conf = np.zeros(n, dtype=np.float32)
-        quality = np.zeros(n, dtype=np.float32)
-        nb_out = np.zeros(n, dtype=np.int32)
-        if n:
+        out = self._empty_outputs(pats.shape[0])
+        if pats.shape[0]:
             index_patterns_cpu(
                 pats, self.plan.mask_index, self._bg, self._bg_mode, self._dyn_basis, self._dyn_pinv,
                 self.plan.lut_bin, self.plan.lut_weight, self.plan.inv_count, self.valid,
-                self.k_rho, self.k_theta, self.plan.rho_step, pcs, self.shape[0], self.shape[1],
-                self.m_ds, self.n_bands, self._pair_angle, self._pair_triad, self._pair_off,
-                self._ref, self._ref_w, self._ref_off, self._sym, self._sym_off,
-                np.radians(self.pair_tol), np.radians(self.match_tol), self.n_pair_bands, self._luts, self.weight_fit,
-                self.n_select,
-                self.refine_iter, self.refine_min, self._rref, self._rref_w, self._rref_off,
-                quat, phase_id, fit, conf, quality, nb_out,
+                self.k_rho, self.k_theta, self.plan.rho_step, *self._voting_args(pcs), *out.values(),
             )
-        return dict(
-            quaternion=quat, phase_id=phase_id, fit=fit, confidence=conf,
-            pattern_quality=quality, n_bands=nb_out,
-        )
+        return out
 
     # ------------------------------------------------------------ whole scan
     def index(self, patterns, step_sizes: tuple[float, float] = (1.0, 1.0)):

@@ -52,6 +52,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
@@ -296,6 +297,22 @@ class Operator:
         ``None`` (constants live on workers).
         """
         return partials
+
+    def warm_up(self, spec: InputSpec, backend: str, notify: Callable[[str], None]) -> None:
+        """Compile just-in-time kernels before the run is timed (default: nothing to do).
+
+        The engine calls this once in the driver process before its clock
+        starts, so reported rates leave compile time out and workers load the
+        compiled kernels from the on-disk cache. An operator whose kernels are
+        not cached yet calls ``notify`` with one line (for example
+        ``"compiling Hough indexing kernels (first run only, about 2 min)"``)
+        *before* it starts compiling, so a user never waits without a word.
+
+        Examples
+        --------
+        >>> Operator().warm_up(InputSpec((1, 1), (2, 2), np.dtype("uint8")), "numpy", print)
+        """
+        return None
 
     def result_attrs(self, spec: InputSpec) -> dict[str, Any]:
         """JSON attributes stored with this step's results (default: none).

@@ -366,6 +366,7 @@ class Pipeline:
                 raise PipelineError(where, f"cannot resolve on input {spec.det_shape} {spec.dtype}: {exc}",
                                     "check the step's parameters against the input") from None
             outputs = _check_outputs(dict(outputs), where)
+            _check_products(step.op, spec, outputs, where)
             frames = [k for k, v in outputs.items() if v.kind == "frames"]
             if len(frames) > 1:
                 raise PipelineError(where, f"declares {len(frames)} frames outputs {frames}",
@@ -429,6 +430,41 @@ def _check_outputs(outputs: dict[str, Any], where: str) -> dict[str, OutputSpec]
             raise PipelineError(where, f"frames output {name!r} has extra_shape {out.extra_shape}",
                                 "a frames output must be 2-d (det_y, det_x)")
     return outputs
+
+
+def _check_products(op: Operator, spec: InputSpec, outputs: dict[str, OutputSpec], where: str) -> None:
+    """Every result product an operator declares must be complete: its variables and its attributes.
+
+    Checked at resolve time so that an operator which forgets, say, the
+    ``method`` attribute of a ``decomposition`` fails before any data is read,
+    instead of writing a store that ``validate`` and ``export`` later refuse.
+    """
+    from schemas.results import PRODUCTS
+
+    declared = sorted({out.product for out in outputs.values() if out.product})
+    if not declared:
+        return
+    attrs = dict(op.result_attrs(spec) or {})
+    for product in declared:
+        if product not in PRODUCTS:
+            raise PipelineError(where, f"declares unknown result product {product!r}",
+                                f"use one of {', '.join(sorted(PRODUCTS))}, or no product")
+        schema = PRODUCTS[product]
+        missing = [name for name in schema.attributes if name not in attrs]
+        if missing:
+            raise PipelineError(where, f"declares product {product!r} but result_attrs() lacks {missing}",
+                                f"return {', '.join(map(repr, missing))} from {type(op).__name__}.result_attrs()")
+        for name, var in schema.variables.items():
+            out = outputs.get(name)
+            if out is None or out.product != product:
+                if var.required:
+                    raise PipelineError(where, f"declares product {product!r} without its variable {name!r}",
+                                        f"declare output {name!r} with product={product!r}")
+                continue
+            if out.result_dims() != var.dims or out.dtype.kind not in var.kind:
+                raise PipelineError(where, f"output {name!r} of product {product!r} has dims "
+                                    f"{list(out.result_dims())} and dtype {out.dtype}; the product needs dims "
+                                    f"{list(var.dims)} of kind {var.kind!r}", "match schemas.results.PRODUCTS")
 
 
 def _require_gpu(backend: str, where: str) -> None:

@@ -331,12 +331,22 @@ def _results_record(plan) -> dict[str, Any]:
         saved = [k for k in step.outputs if step.saved(k)]
         if not saved:
             continue
-        products = sorted({step.outputs[k].product for k in saved if step.outputs[k].product})
+        products = sorted(_complete_products(step, saved))
         extra = dict(step.op.result_attrs(step.spec) or {})
         record[step.name] = json.loads(json.dumps({
             **extra, "operator": step.op.name, "product": products[0] if len(products) == 1 else None,
             "prefix": step.name, "variables": saved}, default=str))
     return record
+
+
+def _complete_products(step, saved: list[str]) -> set[str]:
+    # A product is recorded only when every variable its schema requires was saved:
+    # 'save: [loadings]' keeps loadings as a free-form output, not half a decomposition.
+    from schemas.results import PRODUCTS
+
+    declared = {step.outputs[k].product for k in saved if step.outputs[k].product}
+    return {p for p in declared if p in PRODUCTS and all(
+        name in saved for name, var in PRODUCTS[p].variables.items() if var.required)}
 
 
 def open_results(path: str | os.PathLike):

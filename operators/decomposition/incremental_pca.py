@@ -135,6 +135,17 @@ class IncrementalPCA(Operator):
             "mean": OutputSpec("sig", "float64", det, ("det_y", "det_x"), "mean frame subtracted before PCA"),
         }
 
+    def result_attrs(self, spec: InputSpec) -> dict[str, Any]:
+        """The ``decomposition`` product's attributes: method, solver and component count.
+
+        Examples
+        --------
+        >>> IncrementalPCA(n_components=2).result_attrs(InputSpec((4, 4), (8, 8), np.dtype("u1")))["method"]
+        'pca'
+        """
+        return {"method": "pca", "solver": self._method(spec), "n_components": int(self.n_components),
+                "centred": True}
+
     # -- kernel -------------------------------------------------------------------
     def process(self, frames: Any, ctx: ChunkContext) -> dict[str, Any]:
         frames = np.asarray(frames)

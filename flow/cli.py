@@ -16,17 +16,57 @@ diffraflow ...
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
 
 from schemas.errors import DiffraflowError
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "COMMAND_MODULES", "positive_int", "non_negative_int", "positive_float",
+           "OneLineParser"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = ("demo", "simulate", "convert", "info", "validate", "run", "operators", "index", "export",
                    "schema")
+
+
+def _number_type(kind: type, test, words: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
+        if kind is float and value != value or value in (float("inf"), float("-inf")) or not test(value):
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text}")
+        return value
+
+    parse.__name__ = words  # argparse names the type in its messages
+    return parse
+
+
+#: ``type=`` for arguments that must be a whole number >= 1 (workers, chunk sizes, windows).
+positive_int = _number_type(int, lambda v: v >= 1, "a whole number of 1 or more")
+#: ``type=`` for arguments that must be a whole number >= 0 (retries).
+non_negative_int = _number_type(int, lambda v: v >= 0, "a whole number of 0 or more")
+#: ``type=`` for arguments that must be a finite number > 0 (sizes in MiB, timeouts).
+positive_float = _number_type(float, lambda v: v > 0, "a number greater than 0")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line with a fix, exit status 2.
+
+    Examples
+    --------
+    >>> OneLineParser(prog="diffraflow run").error("argument --workers: expected a whole number of 1 or more, got -2")
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (fix: see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         ver = version("diffraflow")
     except PackageNotFoundError:
         ver = "unknown"
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="diffraflow",
         description="Streaming dataflow engine for electron-diffraction scans (EBSD, 4D-STEM, SPED).",
     )
@@ -87,6 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffraflow {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A full disk, a quota or a read-only mount reaches us from deep inside zarr or numpy:
+        # the user needs one line that says which file and what to do, not the stack.
+        problem = _os_problem(exc)
+        if problem is None or args.debug:
+            raise
+        print(f"diffraflow {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader of our output went away (``diffraflow info x | head``): stop quietly,
         # and keep Python from complaining again when it flushes stdout at exit.
@@ -94,6 +142,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+_OS_FIXES = {
+    errno.ENOSPC: ("no space left on the device", "free space or write to another disk, then re-run the same "
+                   "command (runs resume; partial outputs are cleaned up)"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota or write elsewhere, then re-run"),
+    errno.EROFS: ("the file system is read-only", "write the output to a writable location"),
+    errno.EIO: ("input/output error from the device", "check the disk or network mount, then re-run"),
+}
+
+
+def _os_problem(exc: OSError) -> str | None:
+    """One line for operating-system errors a user can act on; None for anything else (a bug: keep the trace).
+
+    Examples
+    --------
+    >>> print(_os_problem(OSError(errno.ENOSPC, "No space left on device", "/data/out.zarr/c/0")))
+    /data/out.zarr/c/0: no space left on the device (fix: free space or write to another disk, then re-run the same command (runs resume; partial outputs are cleaned up))
+    """
+    seen: BaseException | None = exc
+    while seen is not None:  # zarr and dask may wrap the OSError
+        if isinstance(seen, OSError) and seen.errno in _OS_FIXES:
+            problem, fix = _OS_FIXES[seen.errno]
+            where = seen.filename or "output"
+            return f"{where}: {problem} (fix: {fix})"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def console_main() -> None:  # pragma: no cover - entry point

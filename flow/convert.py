@@ -302,7 +302,11 @@ def convert(
     """
     paths = [str(sources)] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
     where = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
-    prepare_output_path(output, overwrite)  # fail fast, before reading anything
+    if chunk_mb is not None and (isinstance(chunk_mb, bool) or not math.isfinite(chunk_mb) or chunk_mb <= 0):
+        raise SchemaError("--chunk-mb", f"must be a number of MiB greater than 0, got {chunk_mb}",
+                          "pass e.g. --chunk-mb 8, or leave it out for the default")
+    inputs = [*paths, *([crystal_map] if crystal_map is not None else [])]
+    prepare_output_path(output, overwrite, kind="scan_cube", inputs=inputs)  # fail fast, before reading anything
     notes: list[str] = []
 
     def note(text: str) -> None:
@@ -344,7 +348,7 @@ def convert(
         batch = max(1, batch_bytes // max(1, probe.frame_bytes))
         start = time.perf_counter()
         with create_cube(output, scan_shape=shape, det_shape=probe.det_shape, dtype=dtype, attrs=attrs,
-                         overwrite=overwrite, where=where, **kwargs) as writer:
+                         overwrite=overwrite, where=where, inputs=inputs, **kwargs) as writer:
             for name, var in variables.items():
                 writer.write_variable(name, np.asarray(var.data), var.dims, attributes=var.attributes)
             _stream(reader, writer, probe.n_frames, batch, where, progress)

@@ -54,7 +54,7 @@ from flow.pipeline import Pipeline, Step, load_pipeline
 from flow.results import MemorySink, ResultSink, ZarrResultStore
 from flow.sources import ArraySource, ChunkSource, ZarrCubeSource
 from operators.base import ChunkContext, Operator
-from schemas.errors import ChunkFailedError, PipelineError
+from schemas.errors import ChunkFailedError, DataCorruptionError, DiffraflowError, PipelineError
 
 __all__ = ["RunReport", "run_pipeline", "make_source", "bind_pipeline"]
 
@@ -96,14 +96,36 @@ class RunReport:
     skipped: int = 0
     retried: int = 0
     seconds: float = 0.0
+    warmup_seconds: float = 0.0
     frames_computed: int = 0
     output: str | None = None
     already_complete: bool = False
     resumed: bool = False
 
     @property
+    def scan_frames_computed(self) -> float:
+        """Scan frames processed by this run: chunk-task frames divided by the passes over the data."""
+        return self.frames_computed / max(1, self.n_rounds)
+
+    @property
     def frames_per_second(self) -> float:
-        return self.frames_computed / self.seconds if self.seconds > 0 else 0.0
+        """Scan frames per second through the whole pipeline (every pass), compile time excluded."""
+        return self.scan_frames_computed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line for people: scan frames, passes, time, rate (not frames x passes).
+
+        Examples
+        --------
+        >>> RunReport(n_chunks=4, n_rounds=3, n_frames=400, computed=12, frames_computed=1200,
+        ...           seconds=2.0).summary()
+        '12 chunks computed, skipped 0 of 12 already done, 0 retried; 400 scan frames x 3 passes in 2.0 s (200 frames/s)'
+        """
+        passes = f" x {self.n_rounds} passes" if self.n_rounds > 1 else ""
+        warm = f" (+{self.warmup_seconds:.1f} s compiling)" if self.warmup_seconds >= 0.5 else ""
+        return (f"{self.computed} chunks computed, skipped {self.skipped} of {self.n_chunks * self.n_rounds} "
+                f"already done, {self.retried} retried; {self.scan_frames_computed:.0f} scan frames{passes} in "
+                f"{self.seconds:.1f} s{warm} ({self.frames_per_second:.0f} frames/s)")
 
 
 def make_source(data: Any, chunk_frames: int | None = None) -> ChunkSource:
@@ -154,7 +176,7 @@ def _bytes(value: Any) -> int:
 def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, output: str | os.PathLike | ResultSink | None = None,
                  *, executor: str | Executor = "inline", workers: int | None = None, chunk_frames: int | None = None,
                  overwrite: bool = False, progress: bool = False, retries: int = 2, window: int | None = None,
-                 collect: bool = True, on_start: Any = None) -> RunReport:
+                 collect: bool = True, on_start: Any = None, connect_timeout: float = 10.0) -> RunReport:
     """Run a pipeline on a source and store its results.
 
     Parameters
@@ -185,6 +207,8 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, outpu
     on_start
         Called with ``(executor, plan, sink)`` once the executor is started
         (the CLI prints the dashboard address there).
+    connect_timeout
+        Seconds a scheduler address has to answer.
 
     Returns
     -------
@@ -201,19 +225,60 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, outpu
     --------
     See the module example.
     """
-    t0 = time.perf_counter()
     pipeline = load_pipeline(pipeline)
+    _check_run_numbers(retries, window)
     source = make_source(data, chunk_frames or pipeline.chunk_frames)
     bound = bind_pipeline(pipeline, source)
     plan = bound.resolve(source.spec)
     plan.pipeline = getattr(bound, "_identity", bound)
+    ex = get_executor(executor, workers, connect_timeout)
+    own_executor = not isinstance(executor, Executor)
     if output is None:
         sink: ResultSink = MemorySink()
     elif isinstance(output, ResultSink):
         sink = output
     else:
         sink = ZarrResultStore(output, overwrite=overwrite)
-    sink.open(plan, source)
+    try:
+        done_before = not overwrite and isinstance(sink, ZarrResultStore) and sink.marked_complete()
+        warmup = 0.0
+        if not done_before:
+            # Everything that can fail without data (compiling, reaching the scheduler) happens before
+            # the output store is created, so such a failure leaves nothing behind.
+            warmup = _warm_up(plan)
+            ex.start(gpu=plan.gpu)
+        sink.open(plan, source)
+        try:
+            report = _run_opened(plan, source, sink, ex, progress, retries, window, collect, on_start)
+        finally:
+            sink.close()
+    finally:
+        if own_executor:
+            ex.close()
+    report.warmup_seconds = warmup
+    return report
+
+
+def _check_run_numbers(retries: int, window: int | None) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int | np.integer) or retries < 0:
+        raise PipelineError("--retries", f"must be a whole number of 0 or more, got {retries!r}",
+                            "pass --retries 0 or more (default 2)")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 1):
+        raise PipelineError("--window", f"must be a whole number of 1 or more, got {window!r}",
+                            "pass --window 1 or more, or leave it out for twice the workers")
+
+
+def _warm_up(plan) -> float:
+    """Let each step compile its kernels in the driver before the clock starts; returns the seconds spent."""
+    from flow.notices import notify
+
+    t0 = time.perf_counter()
+    for step in plan.steps:
+        step.op.warm_up(step.spec, step.step.backend, notify)
+    return time.perf_counter() - t0
+
+
+def _run_opened(plan, source, sink, ex, progress, retries, window, collect, on_start) -> RunReport:
     regions = list(source.regions())
     report = RunReport(n_chunks=len(regions), n_rounds=plan.n_rounds, n_frames=plan.input.n_frames,
                        output=sink.path, resumed=bool(getattr(sink, "resumed", False)))
@@ -224,15 +289,16 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, outpu
             report.results = sink.results()
         return report
 
-    ex = get_executor(executor, workers)
-    bar = _progress_bar(progress, plan.input.n_frames * plan.n_rounds)
+    t0 = time.perf_counter()
+    bar = _progress_bar(progress, plan.input.n_frames, plan.n_rounds)
     try:
-        ex.start(gpu=plan.gpu)
+        ex.start(gpu=plan.gpu)  # already started unless the sink said complete but was not
         if on_start is not None:
             on_start(ex, plan, sink)
         k = int(window or max(2, 2 * ex.workers))
         states: dict[str, Any] = {}
         for round_ in range(plan.n_rounds):
+            bar.start_pass(round_)
             previous = sink.round_complete(round_)
             if previous is not None:
                 states = previous
@@ -243,8 +309,6 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, outpu
         sink.complete()
     finally:
         bar.close()
-        if not isinstance(executor, Executor):
-            ex.close()
     report.seconds = time.perf_counter() - t0
     if collect:
         report.results = sink.results()
@@ -289,7 +353,7 @@ def _run_round(plan, source, sink, ex, regions, round_, states, window, retries,
             if isinstance(value, PipelineError):
                 raise value  # a contract violation fails every chunk alike: stop now
             attempts[pos] += 1
-            if attempts[pos] <= retries:
+            if attempts[pos] <= retries and not isinstance(value, DataCorruptionError):
                 report.retried += 1
                 retry.append(pos)
                 continue
@@ -324,11 +388,13 @@ def _run_round(plan, source, sink, ex, regions, round_, states, window, retries,
         if merging and next_merge:
             sink.save_partials(round_, merged, todo[next_merge - 1].index + 1, final=False)
         region, exc = failures[0]
+        tries = attempts[todo.index(region)]
         more = f"; {len(failures) - 1} more failed: " + ", ".join(str(r.index) for r, _ in failures[1:]) \
             if len(failures) > 1 else ""
+        cause = exc.one_line() if isinstance(exc, DiffraflowError) else \
+            f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'}"
         err = ChunkFailedError(f"{sink.path or 'run'}: {region.label()}",
-                               f"failed after {retries + 1} attempts: {type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())}{more}",
+                               f"failed after {tries} attempt{'s' if tries > 1 else ''}: {cause}{more}",
                                "all other chunks' results were kept; fix the cause and re-run the same "
                                "command to resume")
         err.failures = [(r, e) for r, e in failures]  # type: ignore[attr-defined]
@@ -364,6 +430,9 @@ def _finish_round(plan, sink, round_, merged, states) -> dict[str, Any]:
 
 
 class _NoBar:
+    def start_pass(self, round_: int) -> None:
+        pass
+
     def update(self, n: int) -> None:
         pass
 
@@ -371,10 +440,30 @@ class _NoBar:
         pass
 
 
-def _progress_bar(enabled: bool, total: int):
+class _PassBar:
+    """A tqdm bar over the scan's frames, restarted for each pass ("pass 2/3"): frames are scan frames."""
+
+    def __init__(self, n_frames: int, n_passes: int) -> None:
+        from tqdm import tqdm
+
+        self.n_frames, self.n_passes = n_frames, n_passes
+        self.bar = tqdm(total=n_frames, unit="frame", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
+                        desc="diffraflow run", smoothing=0.1)
+
+    def start_pass(self, round_: int) -> None:
+        if self.n_passes > 1:
+            if round_:
+                self.bar.reset(total=self.n_frames)
+            self.bar.set_description(f"diffraflow run, pass {round_ + 1}/{self.n_passes}")
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(enabled: bool, n_frames: int, n_passes: int = 1) -> _NoBar | _PassBar:
     if not enabled or not sys.stderr.isatty():
         return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="frame", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
-                desc="diffraflow run", smoothing=0.1)
+    return _PassBar(n_frames, n_passes)

@@ -5,8 +5,11 @@
     OUT.zarr/                       diffraflow: {kind: result, complete}, results: {...}, run: {...}
       <step>/<output>               one array per saved output, dimension_names set
       _progress/round<r>/<i>.done   chunk i of round r is written (created after its data)
-      _progress/round<r>/partials.pkl  merged reduction partials of chunks 0..n-1 (atomic replace)
-      _progress/round<r>/state.pkl  states after the round; then the empty file 'complete'
+      _progress/round<r>/partials.npz  merged reduction partials of chunks 0..n-1 (atomic replace)
+      _progress/round<r>/state.npz  states after the round; then the empty file 'complete'
+
+Progress records are :mod:`flow.records` archives (JSON plus plain arrays),
+never pickles: a store is data, and opening one must not run code.
 
 Per-frame result arrays are chunked exactly like the run's regions and not
 sharded, so each region is one write of whole chunks, and the driver process
@@ -43,7 +46,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -52,6 +54,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from flow.records import load_record, save_record
+from flow.store import ARRAY_CONFIG
 from schemas.cube import StoreMarker
 from schemas.errors import OutputExistsError, SchemaError
 
@@ -109,6 +113,9 @@ class ResultSink:
 
     def complete(self) -> None:
         """Mark the results complete."""
+
+    def close(self) -> None:
+        """Release whatever the sink holds (locks); called once at the end of every run."""
 
     def results(self) -> dict[str, np.ndarray]:
         """Results by ``<step>/<output>`` (read back from a store if needed)."""
@@ -178,16 +185,30 @@ class ZarrResultStore(ResultSink):
     def open(self, plan, source) -> None:
         import zarr
 
-        from flow.store import prepare_output_path
+        from flow.locks import StoreLock
+        from flow.notices import notify
+        from flow.store import (
+            check_manifest,
+            check_not_an_input,
+            check_replaceable,
+            prepare_output_path,
+        )
 
         record = self._run_record(plan, source)
         final = Path(self.path)
+        source_path = record["input"].get("path")
+        check_not_an_input(final, [source_path] if source_path else [])
+        self._lock = StoreLock(final).acquire()  # one writer per store, held until close()
         if final.exists() and self.overwrite:
-            shutil.rmtree(final)
+            check_replaceable(final, "result")
+            shutil.rmtree(final)  # an earlier diffraflow result store, not the input (checked above)
+            notify(f"replaced the earlier result store at {final}")
         if final.exists():
             self._check_resumable(final, record)
             self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
             self.resumed = True
+            if self.is_complete():
+                check_manifest(final)
         else:
             prepare_output_path(final, overwrite=False)  # parent exists and is writable
             self.group = zarr.open_group(self.path, mode="w", zarr_format=3)
@@ -195,9 +216,23 @@ class ZarrResultStore(ResultSink):
                                      "results": _results_record(plan)})
             self._create_arrays(plan, source)
         for key in plan.result_outputs():
-            self._arrays[key] = self.group[key]
+            self._arrays[key] = self.group[key].with_config(ARRAY_CONFIG)  # config is not stored on disk
         self._progress = final / "_progress"
         self._progress.mkdir(exist_ok=True)
+        legacy = sorted(p.relative_to(final).as_posix() for p in self._progress.rglob("*.pkl"))
+        if legacy:
+            from schemas.errors import UnsafeRecordError
+
+            raise UnsafeRecordError(f"{final}: {legacy[0]}", "progress record in the old pickle format; pickles "
+                                    "read from a store are never loaded",
+                                    "pass --overwrite to start the run afresh")
+
+    def close(self) -> None:
+        """Release the writer lock (the engine calls this when the run ends, however it ends)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     def _check_resumable(self, final: Path, record: dict[str, Any]) -> None:
         import zarr
@@ -208,9 +243,11 @@ class ZarrResultStore(ResultSink):
             marker = StoreMarker.model_validate(dict(cast(Mapping[str, Any], group.attrs.get("diffraflow", {}))))
             old = dict(cast(Mapping[str, Any], group.attrs.get("run", {})))
         except Exception:
-            raise OutputExistsError(str(final), "exists and is not a diffraflow result store", fix) from None
+            raise OutputExistsError(str(final), "exists and is not a diffraflow result store (diffraflow never "
+                                    "replaces it)", "choose another --output") from None
         if marker.kind != "result":
-            raise OutputExistsError(str(final), f"exists and is a {marker.kind} store, not a result store", fix)
+            raise OutputExistsError(str(final), f"exists and is a {marker.kind} store, not a result store",
+                                    "choose another --output")
         differs = []
         if old.get("fingerprint") != record["fingerprint"]:
             differs.append("pipeline")
@@ -239,7 +276,7 @@ class ZarrResultStore(ResultSink):
                 else:
                     chunks = tuple(max(1, s) for s in shape)
                 sub.create_array(name, shape=shape, chunks=chunks, dtype=out.dtype, fill_value=_fill(out.dtype),
-                                 dimension_names=_dims(name, out),
+                                 compressors=_compressors(), config=ARRAY_CONFIG, dimension_names=_dims(name, out),
                                  attributes={"kind": out.kind, "description": out.description,
                                              "operator": step.op.name})
 
@@ -252,8 +289,7 @@ class ZarrResultStore(ResultSink):
     def round_complete(self, round_: int) -> dict[str, Any] | None:
         folder = self._progress / f"round{round_}"
         if (folder / "complete").exists():
-            with open(folder / "state.pkl", "rb") as fh:
-                return pickle.load(fh)
+            return load_record(folder / "state.npz")
         return None
 
     def done_chunks(self, round_: int) -> set[int]:
@@ -263,11 +299,10 @@ class ZarrResultStore(ResultSink):
         return {int(p.name.split(".")[0]) for p in folder.glob("*.done")}
 
     def load_partials(self, round_: int) -> tuple[dict[str, dict[str, Any]], int]:
-        path = self._progress / f"round{round_}" / "partials.pkl"
+        path = self._progress / f"round{round_}" / "partials.npz"
         if not path.exists():
             return {}, 0
-        with open(path, "rb") as fh:
-            record = pickle.load(fh)
+        record = load_record(path)
         return record["merged"], int(record["n_merged"])
 
     def write_chunk(self, round_: int, region, per_frame: dict[str, np.ndarray]) -> None:
@@ -279,23 +314,39 @@ class ZarrResultStore(ResultSink):
         (self._round_dir(round_) / f"{region.index}.done").touch()
 
     def save_partials(self, round_: int, merged: dict[str, dict[str, Any]], n_merged: int, final: bool) -> None:
-        _atomic_pickle(self._round_dir(round_) / "partials.pkl", {"merged": merged, "n_merged": n_merged})
+        save_record(self._round_dir(round_) / "partials.npz", {"merged": merged, "n_merged": n_merged},
+                    where=f"{self.path}: partials of round {round_}")
 
     def finish_round(self, round_: int, states: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
         for key, value in finals.items():
             self._arrays[key][...] = value
         folder = self._round_dir(round_)
-        _atomic_pickle(folder / "state.pkl", states)
+        save_record(folder / "state.npz", states, where=f"{self.path}: state after round {round_}")
         (folder / "complete").touch()
 
     def complete(self) -> None:
+        from flow.store import store_manifest
+
         marker = StoreMarker(kind="result", complete=True).model_dump()
         assert self.group is not None  # opened by open()
-        self.group.attrs.update({"diffraflow": marker})
+        self.group.attrs.update({"manifest": store_manifest(self.path), "diffraflow": marker})
         shutil.rmtree(self._progress, ignore_errors=True)
 
     def results(self) -> dict[str, np.ndarray]:
         return {key: np.asarray(arr[...]) for key, arr in self._arrays.items()}
+
+    def marked_complete(self) -> bool:
+        """True when a store already at ``path`` says it is complete (read before :meth:`open`; no checks)."""
+        from flow.store import diffraflow_kind
+
+        path = Path(self.path)
+        if diffraflow_kind(path) != "result":
+            return False
+        try:
+            marker = json.loads((path / "zarr.json").read_text())["attributes"]["diffraflow"]
+            return bool(marker.get("complete"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
 
     def is_complete(self) -> bool:
         """True when an earlier run finished this store."""
@@ -304,14 +355,12 @@ class ZarrResultStore(ResultSink):
         return bool(marker.get("complete"))
 
 
-def _atomic_pickle(path: Path, value: Any) -> None:
-    # Write aside then rename: a kill leaves the old file or the new one, never half of one.
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _compressors() -> list[Any]:
+    from zarr.codecs import ZstdCodec
+
+    from flow.store import checksum_codecs
+
+    return [ZstdCodec(level=0), *checksum_codecs()]
 
 
 def _step_attrs(step) -> dict[str, Any]:

@@ -155,6 +155,37 @@ _OPEN: dict[str, Any] = {}
 _OPEN_LOCK = threading.Lock()
 
 
+def read_checked(path: str, variable: str, region: Region, det_shape: tuple[int, ...]) -> np.ndarray:
+    """Read ``region`` of a frame variable, refusing missing chunk files and checksum failures.
+
+    Zarr reads a chunk whose file is gone as fill values; a run must never
+    compute on those, so the files under the region are checked first, and a
+    CRC-32C mismatch (damaged bytes) becomes a one-line error naming the chunk.
+
+    Examples
+    --------
+    >>> read_checked("/no/such.zarr", "patterns", Region(0, (0, 1), (0, 1), 1), (2, 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: ...
+    """
+    from flow.store import check_region_present
+    from schemas.errors import DataCorruptionError
+
+    arr = _open_patterns(path, variable)
+    folder = Path(path) / variable
+    check_region_present(folder, arr.metadata.to_dict(), region.y, region.x)
+    try:
+        block = arr[region.y[0]:region.y[1], region.x[0]:region.x[1]]
+    except ValueError as exc:
+        if "checksum" not in str(exc).lower():
+            raise
+        raise DataCorruptionError(f"{folder}: {region.label()}", "stored bytes fail their CRC-32C checksum "
+                                  "(the file was damaged after writing)",
+                                  "restore the store from a copy, or re-create it") from None
+    return np.asarray(block).reshape(region.n, *det_shape)
+
+
 def _open_patterns(path: str, variable: str):
     key = f"{path}::{variable}"
     arr = _OPEN.get(key)
@@ -198,13 +229,11 @@ class ZarrCubeSource:
     """
 
     def __init__(self, path: str | os.PathLike, chunk_frames: int | None = None, variable: str = "patterns") -> None:
-        from flow.store import open_group_checked
-        from schemas.cube import validate_scan_attrs
+        from flow.store import open_cube_group
 
         self.path = str(Path(path).expanduser().absolute())
         self.variable = variable
-        group = open_group_checked(self.path, kind="scan_cube")
-        scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=self.path)
+        group, scan = open_cube_group(self.path)
         if variable not in group:
             raise SchemaError(f"{self.path}: {variable}", "store has no such array", "pass a scan cube")
         arr = group[variable]
@@ -233,9 +262,8 @@ class ZarrCubeSource:
         return -(-sy // gy) * -(-sx // gx)
 
     def read(self, region: Region) -> np.ndarray:
-        arr = _open_patterns(self.path, self.variable)
-        block = arr[region.y[0]:region.y[1], region.x[0]:region.x[1]]
-        return np.asarray(block).reshape(region.n, *self.spec.det_shape)
+        """Frames of ``region``; a missing or damaged chunk raises DataCorruptionError, never fill values."""
+        return read_checked(self.path, self.variable, region, self.spec.det_shape)
 
     def identity(self) -> dict[str, Any]:
         return {"path": self.path, "variable": self.variable, "shape": [*self.spec.scan_shape, *self.spec.det_shape],

@@ -1,12 +1,23 @@
 """Create, write and open scan cubes as Zarr v3 stores.
 
 A new cube is written under a temporary sibling name
-(``.NAME.partial-PID``) and renamed to its final name only by
+(``.NAME.partial-HOST-PID``) and renamed to its final name only by
 :meth:`CubeWriter.finalize`, after its ``diffraflow.complete`` marker is set.
-A writer that dies therefore leaves at most a hidden partial directory that
-:func:`open_cube` and ``diffraflow info`` refuse as incomplete; an existing
-store is never touched unless ``overwrite=True``, and even then it is replaced
-only once the new one is complete.
+A writer that dies therefore leaves at most a hidden partial directory, which
+the next writer of the same output removes (saying so) once its owner is gone.
+One writer per store: the writer holds the store's lock
+(:class:`flow.locks.StoreLock`).
+
+``overwrite=True`` replaces only a store that diffraflow made, of the same
+kind, and never an input of the command (:func:`prepare_output_path`); even
+then the old store is replaced only once the new one is complete.
+
+Every array is written with a CRC-32C checksum on each stored chunk and with
+every chunk present (``write_empty_chunks``), and a complete store records a
+``manifest`` (chunk files per array). Opening a store checks the manifest
+against the files, and reading a region checks that its chunk files exist, so
+a deleted chunk is an error (:class:`~schemas.errors.DataCorruptionError`),
+never fill values, and damaged bytes fail their checksum.
 
 Frames are pushed in scan order with :meth:`FrameArrayWriter.append`; the
 writer buffers exactly one shard and writes it whole, so memory is bounded by
@@ -27,14 +38,18 @@ Examples
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 
+from flow.locks import HOST, StoreLock, pid_alive
+from flow.notices import notify
 from schemas.chunking import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_SHARD_BYTES,
@@ -44,6 +59,7 @@ from schemas.chunking import (
 )
 from schemas.cube import FORMAT_VERSION, SCAN_DIMS, ScanAttrs, StoreMarker, validate_scan_attrs
 from schemas.errors import (
+    DataCorruptionError,
     DestinationNotWritableError,
     IncompleteStoreError,
     InputFileError,
@@ -63,16 +79,59 @@ __all__ = [
     "store_marker",
     "prepare_output_path",
     "frame_compressors",
+    "checksum_codecs",
+    "ARRAY_CONFIG",
+    "store_manifest",
+    "check_manifest",
+    "check_region_present",
+    "open_cube_group",
+    "verify_checksums",
 ]
 
+#: Zarr array configuration for everything diffraflow writes: every chunk is stored, even one equal
+#: to the fill value, so that a missing chunk file always means damage, never "all fill".
+ARRAY_CONFIG: dict[str, Any] = {"write_empty_chunks": True}
 
-def prepare_output_path(path: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
+
+def checksum_codecs() -> list[Any]:
+    """A CRC-32C checksum codec, appended to every array's compressors.
+
+    Measured cost: see ``bench/RESULTS.md`` ("Checksums").
+
+    Examples
+    --------
+    >>> type(checksum_codecs()[0]).__name__
+    'Crc32cCodec'
+    """
+    from zarr.codecs import Crc32cCodec
+
+    return [Crc32cCodec()]
+
+
+def prepare_output_path(path: str | os.PathLike, overwrite: bool = False, *, kind: str = "result",
+                        inputs: Iterable[str | os.PathLike] = ()) -> tuple[Path, Path]:
     """Check an output store path and return ``(final, temporary)`` paths.
+
+    Stale partial stores of dead writers of the same output are removed first
+    (and reported). An existing output is replaced only when ``overwrite`` is
+    set **and** it is a diffraflow store of ``kind`` **and** it is none of
+    ``inputs``: diffraflow never deletes a user's files or its own input.
+
+    Parameters
+    ----------
+    path
+        The output store.
+    overwrite
+        Allow replacing an earlier diffraflow store of the same kind.
+    kind
+        What the caller writes: ``result`` or ``scan_cube``.
+    inputs
+        Paths the command reads; the output may be none of them, nor inside or around one.
 
     Raises
     ------
     OutputExistsError
-        ``path`` exists and ``overwrite`` is false.
+        ``path`` exists and may not be replaced, or is an input.
     DestinationNotWritableError
         The parent directory is missing or not writable.
 
@@ -82,11 +141,18 @@ def prepare_output_path(path: str | os.PathLike, overwrite: bool = False) -> tup
     >>> final, temp = prepare_output_path(pathlib.Path(tempfile.mkdtemp()) / "a.zarr")
     >>> temp.name.startswith(".a.zarr.partial-")
     True
+    >>> prepare_output_path("/tmp/x.up1", overwrite=True, inputs=["/tmp/x.up1"])
+    Traceback (most recent call last):
+    ...
+    schemas.errors.OutputExistsError: /tmp/x.up1: the output is the command's input /tmp/x.up1; diffraflow never overwrites its input (fix: choose another output path)
     """
     final = Path(path).expanduser().absolute()
+    check_not_an_input(final, inputs)
     if final.exists() and not overwrite:
         raise OutputExistsError(str(final), "output already exists",
                                 "choose another name, or pass --overwrite to replace it")
+    if final.exists():
+        check_replaceable(final, kind)
     parent = final.parent
     if not parent.is_dir():
         raise DestinationNotWritableError(str(final), f"parent directory {parent} does not exist",
@@ -94,8 +160,128 @@ def prepare_output_path(path: str | os.PathLike, overwrite: bool = False) -> tup
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DestinationNotWritableError(str(final), f"directory {parent} is not writable",
                                           "choose an output path in a directory you can write to")
-    temp = parent / f".{final.name}.partial-{os.getpid()}"
+    remove_stale_partials(final)
+    temp = parent / f".{final.name}.partial-{HOST}-{os.getpid()}"
     return final, temp
+
+
+def _same_or_nested(a: Path, b: Path) -> bool:
+    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_not_an_input(final: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output that is, contains or lies inside one of the command's inputs.
+
+    Examples
+    --------
+    >>> check_not_an_input("/data/out.zarr", ["/data/scan.zarr"])
+    >>> check_not_an_input("/data/scan.zarr/x", ["/data/scan.zarr"])
+    Traceback (most recent call last):
+    ...
+    schemas.errors.OutputExistsError: /data/scan.zarr/x: the output is inside the command's input /data/scan.zarr; diffraflow never writes into its input (fix: choose another output path)
+    """
+    out = Path(final).expanduser().absolute()
+    for item in inputs:
+        source = Path(item).expanduser().absolute()
+        if not _same_or_nested(out, source):
+            continue
+        real_out, real_in = Path(os.path.realpath(out)), Path(os.path.realpath(source))
+        if real_out == real_in:
+            problem = f"the output is the command's input {source}; diffraflow never overwrites its input"
+        elif real_in in real_out.parents:
+            problem = f"the output is inside the command's input {source}; diffraflow never writes into its input"
+        else:
+            problem = f"the output would contain the command's input {source}"
+        raise OutputExistsError(str(out), problem, "choose another output path")
+
+
+def diffraflow_kind(path: str | os.PathLike) -> str | None:
+    """The ``diffraflow.kind`` of a store at ``path``, or None when it is not a diffraflow store.
+
+    Reads only the group's ``zarr.json``; never raises for foreign files.
+
+    Examples
+    --------
+    >>> diffraflow_kind("/no/such/store.zarr") is None
+    True
+    """
+    import json
+
+    meta = Path(path) / "zarr.json"
+    try:
+        record = json.loads(meta.read_text())
+        marker = record.get("attributes", {}).get("diffraflow")
+        kind = marker.get("kind") if isinstance(marker, dict) else None
+        return kind if isinstance(kind, str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_replaceable(final: Path, kind: str) -> None:
+    """Allow ``--overwrite`` only on a diffraflow store of ``kind``; anything else is the user's.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> check_replaceable(folder, "result")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    schemas.errors.OutputExistsError: ...: exists and was not made by diffraflow (no diffraflow store marker); --overwrite never replaces it (fix: choose another output path, or move it away yourself)
+    """
+    found = diffraflow_kind(final) if final.is_dir() else None
+    if found is None:
+        raise OutputExistsError(str(final), "exists and was not made by diffraflow (no diffraflow store marker); "
+                                "--overwrite never replaces it",
+                                "choose another output path, or move it away yourself")
+    if found != kind:
+        raise OutputExistsError(str(final), f"exists and is a diffraflow {found} store; --overwrite here replaces "
+                                f"only a {kind} store", "choose another output path")
+
+
+def _partial_owner(name: str, final_name: str) -> tuple[str, int] | None:
+    for tag in (".partial-", ".old-"):
+        prefix = f".{final_name}{tag}"
+        if name.startswith(prefix):
+            host, _, pid = name[len(prefix):].rpartition("-")
+            if pid.isdigit():
+                return host or HOST, int(pid)  # names without a host come from older versions
+    return None
+
+
+def remove_stale_partials(final: Path) -> list[Path]:
+    """Remove hidden partial stores of ``final`` whose writer (on this host) is gone; report each.
+
+    Only directories that diffraflow names ``.NAME.partial-HOST-PID`` (or
+    ``.NAME.old-HOST-PID``) and that hold a diffraflow marker or nothing are
+    touched, and only when process PID no longer runs on this machine.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> final = pathlib.Path(tempfile.mkdtemp()) / "x.zarr"
+    >>> (final.parent / ".x.zarr.partial-999999999").mkdir()
+    >>> [p.name for p in remove_stale_partials(final)]
+    ['.x.zarr.partial-999999999']
+    """
+    removed = []
+    try:
+        siblings = list(final.parent.iterdir())
+    except OSError:
+        return removed
+    for candidate in siblings:
+        owner = _partial_owner(candidate.name, final.name)
+        if owner is None or owner[0] != HOST or pid_alive(owner[1]) or not candidate.is_dir():
+            continue
+        if diffraflow_kind(candidate) is None and any(candidate.iterdir()):
+            continue  # not recognisably ours: leave it
+        size = sum(f.stat().st_size for f in candidate.rglob("*") if f.is_file())
+        shutil.rmtree(candidate, ignore_errors=True)
+        notify(f"removed {candidate} ({size / 2**20:.1f} MiB), a partial output left by a writer that died "
+               f"(pid {owner[1]})")
+        removed.append(candidate)
+    return removed
 
 
 def frame_compressors():
@@ -144,7 +330,7 @@ class FrameArrayWriter:
         self.array = group.create_array(
             name, shape=layout.shape, chunks=layout.chunks, shards=layout.shards, dtype=self.dtype,
             dimension_names=list(dims), fill_value=fill, attributes=attributes or {},
-            compressors=frame_compressors(),
+            compressors=[*frame_compressors(), *checksum_codecs()], config=ARRAY_CONFIG,
         )
         self._frame_shape = layout.shape[2:]
         self._n_total = layout.shape[0] * layout.shape[1]
@@ -274,7 +460,13 @@ class TemporaryStoreWriter:
     temp: Path
     overwrite: bool
     where: str
+    kind: str = "result"
     _finalized: bool = False
+    _lock: StoreLock | None = None
+
+    def claim(self) -> None:
+        """Take the output's writer lock (one writer per store); released by publish or abort."""
+        self._lock = StoreLock(self.final, self.where).acquire()
 
     def publish(self) -> Path:
         """Move the finished temporary store to its final name.
@@ -288,23 +480,29 @@ class TemporaryStoreWriter:
             if not self.overwrite:
                 raise OutputExistsError(self.where, "output appeared while writing",
                                         "choose another name, or pass --overwrite")
+            check_replaceable(self.final, self.kind)  # checked again: it may have changed meanwhile
             # Keep the old store until the new one is in place: move it aside first.
-            trash = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
+            trash = self.final.parent / f".{self.final.name}.old-{HOST}-{os.getpid()}"
             os.replace(self.final, trash)
             os.replace(self.temp, self.final)
-            if trash.is_dir():
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                trash.unlink(missing_ok=True)
+            shutil.rmtree(trash, ignore_errors=True)  # a diffraflow store of our kind (checked above)
+            notify(f"replaced the earlier {self.kind.replace('_', ' ')} store at {self.final}")
         else:
             os.replace(self.temp, self.final)
         self._finalized = True
+        self._release()
         return self.final
 
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def abort(self) -> None:
-        """Delete the partial store."""
+        """Delete the partial store (ours: named by this process) and release the lock."""
         if not self._finalized:
             shutil.rmtree(self.temp, ignore_errors=True)
+        self._release()
 
     def __enter__(self):
         return self
@@ -321,6 +519,8 @@ class CubeWriter(TemporaryStoreWriter):
     :meth:`finalize` (for instance on an error) deletes the partial store.
     """
 
+    kind = "scan_cube"
+
     def __init__(self, final: Path, temp: Path, layout: CubeLayout, dtype: np.dtype,
                  attrs: ScanAttrs, overwrite: bool, where: str) -> None:
         import zarr
@@ -331,7 +531,8 @@ class CubeWriter(TemporaryStoreWriter):
         self.overwrite = overwrite
         self.where = where
         self.attrs = attrs
-        if temp.exists():
+        self.claim()
+        if temp.exists():  # our own name (host and pid): left by this very process
             shutil.rmtree(temp)
         try:
             self.group = zarr.open_group(str(temp), mode="w", zarr_format=3)
@@ -379,7 +580,9 @@ class CubeWriter(TemporaryStoreWriter):
                               "give one dimension name per axis")
         chunks = tuple(max(1, s) for s in data.shape)
         arr = self.group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype,
-                                      dimension_names=list(dims), attributes=attributes or {})
+                                      dimension_names=list(dims), attributes=attributes or {},
+                                      compressors=[*_default_compressors(data.dtype), *checksum_codecs()],
+                                      config=ARRAY_CONFIG)
         arr[...] = data
         if ground_truth and name not in self.attrs.ground_truth:
             self.attrs.ground_truth.append(name)
@@ -398,6 +601,7 @@ class CubeWriter(TemporaryStoreWriter):
         validate_scan_attrs(scan, where=str(self.final))
         self.group.attrs.update({
             "scan": scan.model_dump(mode="json"),
+            "manifest": store_manifest(self.temp),
             "diffraflow": StoreMarker(kind="scan_cube", complete=True).model_dump(),
         })
         return self.publish()
@@ -416,6 +620,7 @@ def create_cube(
     chunk_frames: int | None = None,
     layout: CubeLayout | None = None,
     where: str | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> CubeWriter:
     """Start writing a new scan cube at ``path``.
 
@@ -437,6 +642,8 @@ def create_cube(
         Chunking; see :func:`schemas.chunking.choose_layout`.
     where
         Name of the input for error messages (defaults to ``path``).
+    inputs
+        Files the cube is made from: never overwritten, whatever ``overwrite`` says.
 
     Examples
     --------
@@ -447,7 +654,7 @@ def create_cube(
     >>> w.abort(); out.exists()
     False
     """
-    final, temp = prepare_output_path(path, overwrite)
+    final, temp = prepare_output_path(path, overwrite, kind="scan_cube", inputs=inputs)
     where = where or str(final)
     scan = validate_scan_attrs(attrs, where=where)
     if tuple(scan.detector.shape) != tuple(det_shape):
@@ -491,7 +698,7 @@ def open_group_checked(path: str | os.PathLike, kind: str | None = None, require
     if not isinstance(marker_record, dict):
         raise StoreNotFoundError(str(path), "Zarr group has no 'diffraflow' attribute",
                                  "pass a store written by diffraflow, or convert the data first")
-    marker = StoreMarker.model_validate(marker_record)
+    marker = _validate_marker(marker_record, str(path))
     if marker.format_version > FORMAT_VERSION:
         raise SchemaError(f"{path}: diffraflow.format_version", f"store format {marker.format_version} is newer "
                           f"than this diffraflow understands ({FORMAT_VERSION})", "upgrade diffraflow")
@@ -501,7 +708,275 @@ def open_group_checked(path: str | os.PathLike, kind: str | None = None, require
     if require_complete and not marker.complete:
         raise IncompleteStoreError(str(path), "store is incomplete (its writer did not finish)",
                                    "re-run the command that makes it; delete the partial store")
+    if marker.complete:
+        check_manifest(path)
     return group
+
+
+def _validate_marker(record: dict[str, Any], where: str) -> StoreMarker:
+    from pydantic import ValidationError
+
+    try:
+        import schemas.cube as cube_schema
+
+        validate = getattr(cube_schema, "validate_store_marker", None)
+        if validate is not None:
+            return cast(StoreMarker, validate(record, f"{where}: diffraflow"))
+        return StoreMarker.model_validate(record)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "diffraflow"
+        raise SchemaError(f"{where}: diffraflow.{field}", f"{first.get('msg')}, got {first.get('input')!r}",
+                          "the store's diffraflow marker was edited; restore it or re-create the store") from None
+
+
+def _default_compressors(dtype: np.dtype) -> list[Any]:
+    from zarr.codecs import ZstdCodec
+
+    return [ZstdCodec(level=0)]
+
+
+# -- completeness: manifest of chunk files -----------------------------------------------------------
+
+def _array_nodes(root: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    import json
+
+    nodes: dict[str, tuple[Path, dict[str, Any]]] = {}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            record = json.loads((folder / "zarr.json").read_text())
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and record.get("node_type") == "array":
+            nodes[folder.relative_to(root).as_posix()] = (folder, record)
+            continue  # chunk folders below an array hold no nodes
+        if folder != root and record is None:
+            continue  # not a zarr node (e.g. _progress)
+        try:
+            stack.extend(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        except OSError:
+            continue
+    return nodes
+
+
+def _grid(record: dict[str, Any]) -> tuple[list[int], str]:
+    shape = [int(v) for v in record["shape"]]
+    chunk = [int(v) for v in record["chunk_grid"]["configuration"]["chunk_shape"]]
+    encoding = record.get("chunk_key_encoding", {})
+    separator = encoding.get("configuration", {}).get("separator", "/")
+    counts = [math.ceil(n / c) if c else 0 for n, c in zip(shape, chunk, strict=True)]
+    return counts, separator
+
+
+def _chunk_key(index: Sequence[int], separator: str) -> str:
+    return separator.join(["c", *map(str, index)]) if index else "c"
+
+
+def _present_keys(folder: Path, separator: str) -> set[str]:
+    if separator == "/":
+        base = folder / "c"
+        if not base.exists():
+            return set()
+        if base.is_file():
+            return {"c"}
+        return {"c/" + f.relative_to(base).as_posix() for f in base.rglob("*") if f.is_file()}
+    return {f.name for f in folder.iterdir() if f.is_file() and f.name.startswith("c")}
+
+
+def store_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """What a complete store holds: chunk files per array (recorded in the ``manifest`` attribute).
+
+    Examples
+    --------
+    >>> import zarr, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> g = zarr.open_group(folder, mode="w")
+    >>> g.create_array("a", shape=(4, 3), chunks=(2, 3), dtype="u1", config=ARRAY_CONFIG)[...] = 0
+    >>> store_manifest(folder)
+    {'version': 1, 'arrays': {'a': {'chunk_files': 2}}}
+    """
+    arrays = {}
+    for name, (_folder, record) in sorted(_array_nodes(Path(path)).items()):
+        counts, _ = _grid(record)
+        arrays[name] = {"chunk_files": int(np.prod(counts)) if counts else 1}
+    return {"version": 1, "arrays": arrays}
+
+
+def check_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Check a complete store's chunk files against its ``manifest``; None when it has none (older stores).
+
+    Raises
+    ------
+    DataCorruptionError
+        An array or chunk file is missing, or the array metadata no longer
+        matches what was written.
+
+    Examples
+    --------
+    >>> check_manifest("/no/such/store.zarr") is None
+    True
+    """
+    import json
+
+    root = Path(path)
+    try:
+        attrs = json.loads((root / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+    manifest = attrs.get("manifest")
+    if not isinstance(manifest, dict):
+        return None
+    fix = "the store is damaged: restore it from a copy, or re-create it with the command that made it"
+    nodes = _array_nodes(root)
+    for name, entry in dict(manifest.get("arrays", {})).items():
+        if name not in nodes:
+            raise DataCorruptionError(f"{root}: {name}", "array listed in the manifest is missing", fix)
+        folder, record = nodes[name]
+        counts, separator = _grid(record)
+        expected = int(np.prod(counts)) if counts else 1
+        if int(entry.get("chunk_files", -1)) != expected:
+            raise DataCorruptionError(f"{root}: {name}", f"metadata describes {expected} chunk files but "
+                                      f"{entry.get('chunk_files')} were written", fix)
+        present = _present_keys(folder, separator)
+        if len(present) < expected:
+            missing = next(k for k in (_chunk_key(i, separator) for i in itertools.product(*map(range, counts)))
+                           if k not in present)
+            raise DataCorruptionError(f"{root}: {name}", f"{expected - len(present)} of {expected} chunk files "
+                                      f"are missing (first: {name}/{missing})", fix)
+    return manifest
+
+
+def check_region_present(array_path: str | os.PathLike, record: dict[str, Any], y: tuple[int, int],
+                         x: tuple[int, int]) -> None:
+    """Raise DataCorruptionError when a chunk file under scan rows ``y`` and columns ``x`` is gone.
+
+    ``record`` is the array's ``zarr.json``; the array's leading dims are ``scan_y, scan_x``.
+
+    Examples
+    --------
+    >>> rec = {"shape": [2, 2, 3, 3], "chunk_grid": {"configuration": {"chunk_shape": [1, 2, 3, 3]}}}
+    >>> check_region_present("/no/such/array", rec, (0, 1), (0, 2))
+    Traceback (most recent call last):
+    ...
+    schemas.errors.DataCorruptionError: /no/such/array: chunk file c/0/0/0/0 is missing (fix: the store is damaged: restore it from a copy, or re-create it with the command that made it)
+    """
+    counts, separator = _grid(record)
+    chunk = [int(v) for v in record["chunk_grid"]["configuration"]["chunk_shape"]]
+    rows = range(y[0] // chunk[0], math.ceil(y[1] / chunk[0]))
+    cols = range(x[0] // chunk[1], math.ceil(x[1] / chunk[1]))
+    rest = list(itertools.product(*map(range, counts[2:])))
+    folder = Path(array_path)
+    for iy, ix in itertools.product(rows, cols):
+        for tail in rest:
+            key = _chunk_key((iy, ix, *tail), separator)
+            if not (folder / key).is_file():
+                raise DataCorruptionError(str(folder), f"chunk file {key} is missing",
+                                          "the store is damaged: restore it from a copy, or re-create it with "
+                                          "the command that made it")
+
+
+def verify_checksums(path: str | os.PathLike, progress: bool = False) -> int:
+    """Read every stored chunk of every array once, so damaged bytes fail their CRC-32C; returns bytes read.
+
+    Reads one shard (or chunk) at a time, so memory stays at one shard.
+
+    Raises
+    ------
+    DataCorruptionError
+        A chunk fails its checksum or cannot be decoded.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "v.zarr"
+    >>> with create_cube(out, scan_shape=(1, 2), det_shape=(3, 3), dtype="uint8",
+    ...                  attrs={"modality": "ebsd", "detector": {"shape": [3, 3]}}) as w:
+    ...     w.patterns.append(np.zeros((2, 3, 3), "uint8")); _ = w.finalize()
+    >>> verify_checksums(out) > 0
+    True
+    """
+    import zarr
+
+    root = Path(path)
+    nodes = _array_nodes(root)
+    blocks = []
+    for name, (_folder, record) in sorted(nodes.items()):
+        counts, _ = _grid(record)
+        outer = [int(v) for v in record["chunk_grid"]["configuration"]["chunk_shape"]]
+        blocks.extend((name, index, outer) for index in itertools.product(*map(range, counts)))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(blocks), unit="chunk", desc="verifying checksums", leave=False)
+    group = zarr.open_group(str(root), mode="r", zarr_format=3)
+    total = 0
+    try:
+        for name, index, outer in blocks:
+            selection = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, outer, strict=True))
+            try:
+                total += int(np.asarray(group[name][selection]).nbytes)
+            except ValueError as exc:
+                raise DataCorruptionError(f"{root}: {name}", f"chunk {list(index)} is damaged ({exc})",
+                                          "restore the store from a copy, or re-create it") from None
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return total
+
+
+def open_cube_group(path: str | os.PathLike):
+    """Open a complete scan cube and check that it agrees with itself; returns ``(group, ScanAttrs)``.
+
+    Beyond the schema, the metadata must describe the arrays actually stored:
+    ``patterns`` is 4-d with the scan-cube dimension names, ``detector.shape``
+    equals its frame shape, ``scan_shape`` its scan shape, and every per-point
+    variable (leading dims ``scan_y, scan_x``) has the scan shape.
+
+    Raises
+    ------
+    SchemaError
+        The store contradicts itself (a hand-edited attribute, say).
+
+    Examples
+    --------
+    >>> open_cube_group("/no/such/cube.zarr")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.StoreNotFoundError: /no/such/cube.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    """
+    group = open_group_checked(path, kind="scan_cube")
+    scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
+    fix = "the store's metadata was edited or damaged; restore it, or re-create the store with diffraflow"
+    if "patterns" not in group:
+        raise SchemaError(f"{path}: patterns", "store has no 'patterns' array", "re-create the store")
+    patterns = group["patterns"]
+    shape = tuple(int(v) for v in patterns.shape)
+    dims = tuple(patterns.metadata.dimension_names or ())
+    if len(shape) != 4 or dims != SCAN_DIMS:
+        raise SchemaError(f"{path}: patterns", f"shape {list(shape)} with dimension names {list(dims)}, expected "
+                          f"4-d {list(SCAN_DIMS)}", fix)
+    if tuple(scan.detector.shape) != shape[2:]:
+        raise SchemaError(f"{path}: scan.detector.shape", f"metadata says {list(scan.detector.shape)} but the "
+                          f"patterns are {list(shape[2:])}", fix)
+    if scan.scan_shape is not None and tuple(scan.scan_shape) != shape[:2]:
+        raise SchemaError(f"{path}: scan.scan_shape", f"metadata says {list(scan.scan_shape)} but the patterns "
+                          f"hold {list(shape[:2])}", fix)
+    for name, arr in group.arrays():
+        names = tuple(arr.metadata.dimension_names or ())
+        if name == "patterns" or names[:2] != SCAN_DIMS[:2]:
+            continue
+        if tuple(int(v) for v in arr.shape[:2]) != shape[:2]:
+            raise SchemaError(f"{path}: {name}", f"per-point variable of scan shape {list(arr.shape[:2])}, the "
+                              f"patterns have {list(shape[:2])}", fix)
+        if name == "pc" and (arr.ndim != 3 or arr.shape[2] != 3):
+            raise SchemaError(f"{path}: pc", f"per-point projection centre of shape {list(arr.shape)}, expected "
+                              f"{[*shape[:2], 3]}", fix)
+    return group, scan
 
 
 def store_marker(path: str | os.PathLike) -> StoreMarker:
@@ -522,8 +997,7 @@ def read_scan_attrs(path: str | os.PathLike) -> ScanAttrs:
     --------
     >>> # read_scan_attrs("scan.zarr").detector.pc
     """
-    group = open_group_checked(path, kind="scan_cube")
-    return validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
+    return open_cube_group(path)[1]
 
 
 def open_cube(path: str | os.PathLike, chunks: str | dict | None = "store"):
@@ -551,15 +1025,8 @@ def open_cube(path: str | os.PathLike, chunks: str | dict | None = "store"):
     """
     import xarray as xr
 
-    group = open_group_checked(path, kind="scan_cube")
-    scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
-    if "patterns" not in group:
-        raise SchemaError(f"{path}: patterns", "store has no 'patterns' array", "re-create the store")
+    group, scan = open_cube_group(path)
     patterns = group["patterns"]
-    dims = tuple(patterns.metadata.dimension_names or ())
-    if dims != SCAN_DIMS:
-        raise SchemaError(f"{path}: patterns", f"dimension names are {list(dims)}, expected {list(SCAN_DIMS)}",
-                          "re-create the store with diffraflow")
     if chunks == "store":
         chunks = dict(zip(SCAN_DIMS, patterns.chunks, strict=True))
     # any other string is passed on for xarray to accept ("auto") or reject

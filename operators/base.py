@@ -504,9 +504,75 @@ def build_operator(name: str, params: dict[str, Any] | None = None, where: str =
         if spec["choices"] and key in params and params[key] not in spec["choices"]:
             raise PipelineError(f"{where}: {name}.{key}", f"{params[key]!r} is not one of {list(spec['choices'])}",
                                 f"use one of {', '.join(map(str, spec['choices']))}")
+    hints = _type_hints(cls)
+    for key, value in params.items():
+        expected = hints.get(key)
+        if expected is not None and not _matches(value, expected):
+            raise PipelineError(f"{where}: {name}.{key}", f"expected {_type_name(expected)}, got {value!r}",
+                                f"give {key} as {_type_name(expected)} ({declared[key]['doc']})")
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, PipelineError):
             raise
         raise PipelineError(f"{where}: {name}", str(exc), "check the parameter values") from None
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be evaluated is simply not checked
+        return {}
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """True when a parameter value (as parsed from YAML/JSON or given in Python) fits its annotation."""
+    import math
+    import types
+    import typing
+
+    if expected is Any or expected is object:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(expected))
+    if origin is typing.Literal:
+        return value in typing.get_args(expected)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool | np.bool_)
+    if expected is int:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) \
+            and math.isfinite(float(value))
+    if expected is str:
+        return isinstance(value, str)
+    container = origin or expected
+    if container in (list, tuple, typing.Sequence):
+        if not isinstance(value, list | tuple | np.ndarray):
+            return False
+        args = [a for a in typing.get_args(expected) if a is not Ellipsis]
+        return len(args) != 1 or all(_matches(v, args[0]) for v in value)
+    if container is dict:
+        return isinstance(value, dict)
+    return True  # other annotations (objects, arrays) are the operator's to check
+
+
+def _type_name(expected: Any) -> str:
+    import types
+    import typing
+
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(expected))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(expected)))
+    names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
+             type(None): "null"}
+    if expected in names:
+        return names[expected]
+    return "a list" if (origin or expected) in (list, tuple) else getattr(expected, "__name__", str(expected))

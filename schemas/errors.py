@@ -34,6 +34,12 @@ __all__ = [
     "PipelineError",
     "ChunkFailedError",
     "BackendUnavailableError",
+    "StoreLockedError",
+    "DataCorruptionError",
+    "UnsafeRecordError",
+    "StorageFullError",
+    "SchedulerUnreachableError",
+    "WorkersLostError",
 ]
 
 
@@ -120,3 +126,27 @@ class ChunkFailedError(DiffraflowError, RuntimeError):
 
 class BackendUnavailableError(DiffraflowError, RuntimeError):
     """A compute backend (CUDA, CuPy, cuML) was asked for but is not present."""
+
+
+class StoreLockedError(DiffraflowError, BlockingIOError):
+    """Another live process is writing the same store (one writer per store)."""
+
+
+class DataCorruptionError(DiffraflowError, OSError):
+    """Stored data is missing or damaged: a deleted chunk file, a checksum mismatch."""
+
+
+class UnsafeRecordError(DiffraflowError, ValueError):
+    """A record read from a store is in a format that could run code (pickle); it is never loaded."""
+
+
+class StorageFullError(DiffraflowError, OSError):
+    """The device holding an output is full (or over quota, or read-only) while writing."""
+
+
+class SchedulerUnreachableError(DiffraflowError, ConnectionError):
+    """A dask scheduler address does not answer, or the connection to it dropped."""
+
+
+class WorkersLostError(DiffraflowError, RuntimeError):
+    """Every worker of a cluster died while a run was going."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
+from flow.cli import positive_float
 from schemas.cube import PC_CONVENTIONS
 
 _EPILOG = """formats: h5ebsd (kikuchipy, EDAX, Bruker, Oxford), EDAX .up1/.up2, Oxford .ebsp,
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
     parser.add_argument("--det-shape", nargs=2, type=int, metavar=("H", "W"),
                         help="pattern shape for raw files without a header (NORDIF without Setting.txt)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT once the new store is complete")
-    parser.add_argument("--chunk-mb", type=float, metavar="MB", help="chunk size budget in MiB (default 8)")
+    parser.add_argument("--chunk-mb", type=positive_float, metavar="MB", help="chunk size budget in MiB (default 8)")
     parser.add_argument("--modality", choices=["ebsd", "tkd", "4dstem", "sped"], help="override the modality")
     parser.add_argument("--pc", nargs=3, type=float, metavar=("X", "Y", "Z"), help="projection centre")
     parser.add_argument("--pc-convention", choices=PC_CONVENTIONS, help="convention of --pc (default bruker)")

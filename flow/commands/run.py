@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from flow.cli import non_negative_int, positive_float, positive_int
+from flow.executors import DEFAULT_CONNECT_TIMEOUT
+
 
 def register(subparsers) -> None:
     """Add the ``run`` subcommand.
@@ -28,17 +31,20 @@ def register(subparsers) -> None:
     parser.add_argument("--scheduler", default="threads",
                         help="inline, threads (default), local (a dask LocalCluster) or a scheduler address "
                              "tcp://host:port")
-    parser.add_argument("--workers", type=int, default=None, help="threads, or local-cluster workers")
-    parser.add_argument("--chunk-frames", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None, help="threads, or local-cluster workers")
+    parser.add_argument("--connect-timeout", type=positive_float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S",
+                        help=f"seconds a scheduler address has to answer (default {DEFAULT_CONNECT_TIMEOUT:g})")
+    parser.add_argument("--chunk-frames", type=positive_int, default=None,
                         help="frames per chunk (default: the pipeline's output.chunk_frames, else the input's chunks)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import this module first (it registers extra operators); repeatable")
-    parser.add_argument("--retries", type=int, default=2, help="extra attempts for a failing chunk (default 2)")
+    parser.add_argument("--retries", type=non_negative_int, default=2,
+                        help="extra attempts for a failing chunk (default 2)")
     parser.add_argument("--png", metavar="PREFIX", default=None,
                         help="also draw every picturable output as PREFIX_<step>_<output>.png")
-    parser.add_argument("--window", type=int, default=None,
+    parser.add_argument("--window", type=positive_int, default=None,
                         help="chunk tasks in flight at once (default: twice the workers)")
     parser.set_defaults(func=run)
 
@@ -78,14 +84,13 @@ def run(args) -> int:
 
     report = run_pipeline(pipeline, args.input, args.output, executor=args.scheduler, workers=args.workers,
                           chunk_frames=args.chunk_frames, overwrite=args.overwrite, progress=not args.quiet,
-                          retries=args.retries, window=args.window, collect=False, on_start=on_start)
+                          retries=args.retries, window=args.window, collect=False, on_start=on_start,
+                          connect_timeout=args.connect_timeout)
     total = report.n_chunks * report.n_rounds
     if report.already_complete:
         print(f"{report.output}: already complete; skipped {report.skipped} of {total} chunks")
     else:
-        print(f"{report.output}: complete; {report.computed} chunks computed, skipped {report.skipped} of {total} "
-              f"already done, {report.retried} retried; {report.frames_computed} frames in {report.seconds:.1f} s "
-              f"({report.frames_per_second:.0f} frames/s)")
+        print(f"{report.output}: complete; {report.summary()}")
     if args.png:
         from flow.result_plots import plot_result_store
         from flow.store import read_scan_attrs

@@ -283,7 +283,7 @@ def run_ebsd(args) -> int:
     from flow.store import prepare_output_path
     from operators.simulate.ebsd import DEFAULT_PC, simulate_ebsd
 
-    prepare_output_path(args.out, args.overwrite)  # fail on an existing OUT before any work
+    prepare_output_path(args.out, args.overwrite, kind="scan_cube")  # fail on an existing OUT before any work
     try:
         sim = simulate_ebsd(
             tuple(args.scan_shape), det_shape=tuple(args.detector_shape), phases=tuple(args.phase),
@@ -307,7 +307,7 @@ def run_sped(args) -> int:
     from flow.store import prepare_output_path
     from operators.simulate.sped import simulate_sped
 
-    prepare_output_path(args.out, args.overwrite)
+    prepare_output_path(args.out, args.overwrite, kind="scan_cube")
     try:
         sim = simulate_sped(tuple(args.scan_shape), det_shape=tuple(args.detector_shape),
                             dose=None if args.clean else args.dose, shared_spots=args.shared_spots,

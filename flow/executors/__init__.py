@@ -21,7 +21,12 @@ __all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "RunShared", "ChunkRe
 SCHEDULERS = ("inline", "threads", "local")
 
 
-def get_executor(scheduler: str | Executor = "threads", workers: int | None = None) -> Executor:
+#: Seconds to wait for a scheduler address to answer before a one-line error.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def get_executor(scheduler: str | Executor = "threads", workers: int | None = None,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Executor:
     """An executor from a ``--scheduler`` value.
 
     Parameters
@@ -30,10 +35,22 @@ def get_executor(scheduler: str | Executor = "threads", workers: int | None = No
         ``inline``, ``threads``, ``local`` (a dask LocalCluster), a scheduler
         address (``tcp://host:port``), or an Executor (returned as is).
     workers
-        Threads, or local-cluster workers.
+        Threads, or local-cluster workers (a positive number).
+    connect_timeout
+        Seconds a scheduler address has to answer.
+
+    Examples
+    --------
+    >>> get_executor("threads", workers=0)
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PipelineError: --workers: must be a positive number of workers, got 0 (fix: pass --workers 1 or more, or leave it out for the default)
     """
     if isinstance(scheduler, Executor):
         return scheduler
+    if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 1):
+        raise PipelineError("--workers", f"must be a positive number of workers, got {workers}",
+                            "pass --workers 1 or more, or leave it out for the default")
     if scheduler == "inline":
         return InlineExecutor()
     if scheduler == "threads":
@@ -43,6 +60,6 @@ def get_executor(scheduler: str | Executor = "threads", workers: int | None = No
     if scheduler == "local":
         return DistributedExecutor(n_workers=workers)
     if "://" in scheduler or ":" in scheduler:
-        return DistributedExecutor(address=scheduler)
+        return DistributedExecutor(address=scheduler, connect_timeout=connect_timeout)
     raise PipelineError("--scheduler", f"unknown scheduler {scheduler!r}",
                         "use inline, threads, local or a scheduler address like tcp://host:8786")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flow.executors.base import Executor
-from schemas.errors import BackendUnavailableError
+from schemas.errors import BackendUnavailableError, SchedulerUnreachableError, WorkersLostError
 
 if TYPE_CHECKING:
     from distributed import as_completed
@@ -47,13 +47,17 @@ class DistributedExecutor(Executor):
         Threads per local worker.
     client
         An existing ``distributed.Client`` to use (not closed by :meth:`close`).
+    connect_timeout
+        Seconds a scheduler address has to answer before a one-line
+        :class:`~schemas.errors.SchedulerUnreachableError`.
     """
 
     name = "distributed"
 
     def __init__(self, address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1,
-                 client: Any = None, processes: bool = True) -> None:
+                 client: Any = None, processes: bool = True, connect_timeout: float = 10.0) -> None:
         self.address = address
+        self.connect_timeout = float(connect_timeout)
         self.n_workers = n_workers
         self.threads_per_worker = threads_per_worker
         self.processes = processes
@@ -82,7 +86,7 @@ class DistributedExecutor(Executor):
         from distributed import Client
 
         if self.address:
-            self._client = Client(self.address)
+            self._client = _connect(self.address, self.connect_timeout)
             self._gpu_resources = gpu and self._has_gpu_resource()
         elif gpu:
             self._cluster = _cuda_cluster(self.n_workers)
@@ -124,9 +128,31 @@ class DistributedExecutor(Executor):
         try:
             if future.status == "finished":
                 return key, True, future.result()
-            return key, False, future.exception()
+            exc = future.exception() if future.status == "error" else None
+            if exc is None or type(exc).__name__ in ("KilledWorker", "CancelledError", "FutureCancelledError"):
+                self._check_cluster()
+                exc = RuntimeError(f"task {future.status}: {type(exc).__name__ if exc else 'no result'} "
+                                   "(its worker died or the connection to it dropped)")
+            return key, False, exc
         finally:
             future.release()  # the result now lives in the driver only
+
+    def _check_cluster(self) -> None:
+        """Raise one clear error when the cluster can no longer run anything (no workers, no scheduler)."""
+        where = f"--scheduler {self.address or 'local'}"
+        try:
+            info = self._client.scheduler_info()
+        except Exception as exc:  # the scheduler itself is gone
+            raise SchedulerUnreachableError(where, f"lost the connection to the scheduler ({type(exc).__name__})",
+                                            "restart the scheduler and re-run the same command to resume") from None
+        if not info.get("workers") and self._cluster is None:
+            raise WorkersLostError(where, "every dask worker died; the scheduler has none left",
+                                   "look at the workers' logs (memory limit?), start workers, then re-run the same "
+                                   "command to resume")
+        if self._cluster is not None and not info.get("workers"):
+            raise WorkersLostError(where, "every worker of the local cluster died",
+                                   "lower --workers or the chunk size (memory?), then re-run the same command to "
+                                   "resume")
 
     def close(self) -> None:
         for_cancel = list(self._futures)
@@ -143,6 +169,44 @@ class DistributedExecutor(Executor):
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+
+
+def _connect(address: str, timeout: float):
+    """A Client for ``address`` within ``timeout`` seconds, or a one-line SchedulerUnreachableError."""
+    import logging
+    import socket
+    from urllib.parse import urlsplit
+
+    from distributed import Client
+
+    where = f"--scheduler {address}"
+    url = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise SchedulerUnreachableError(where, "not a scheduler address", "write it as tcp://HOST:PORT, "
+                                        "e.g. tcp://127.0.0.1:8786") from None
+    try:
+        socket.getaddrinfo(host, port)
+    except OSError as exc:
+        raise SchedulerUnreachableError(where, f"unknown host {host!r} ({exc.strerror or exc})",
+                                        "check the host name of the scheduler") from None
+    # distributed logs every failed attempt at length; the one line below says it all.
+    quiet = [logging.getLogger(n) for n in ("distributed.comm", "distributed.client", "distributed.core")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnreachableError(where, f"no scheduler answered within {timeout:g} s "
+                                        f"({type(exc).__name__})", "start one there ('dask scheduler'), check the "
+                                        "address and port, raise --connect-timeout, or use --scheduler local") from None
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _accepts_n_workers() -> bool:

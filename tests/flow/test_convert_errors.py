@@ -151,8 +151,14 @@ def test_existing_output_untouched(tmp_path, capsys):
     code, err = run_convert(capsys, tmp_path / "p.npy", out)
     assert code == 2 and "already exists" in err and "--overwrite" in err
     assert (out / "keep.txt").read_text() == "precious"
-    assert main(["convert", str(tmp_path / "p.npy"), str(out), "--overwrite", "--quiet"]) == 0
-    assert open_cube(out)["patterns"].shape == (1, 2, 3, 3)
+    # --overwrite replaces only a store diffraflow made: a folder of user files is never deleted
+    assert main(["convert", str(tmp_path / "p.npy"), str(out), "--overwrite", "--quiet"]) == 2
+    assert "not made by diffraflow" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+    cube = tmp_path / "c.zarr"
+    assert main(["convert", str(tmp_path / "p.npy"), str(cube), "--quiet"]) == 0
+    assert main(["convert", str(tmp_path / "p.npy"), str(cube), "--overwrite", "--quiet"]) == 0
+    assert open_cube(cube)["patterns"].shape == (1, 2, 3, 3)
 
 
 def test_read_only_destination(tmp_path, capsys, monkeypatch):

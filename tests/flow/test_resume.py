@@ -129,7 +129,7 @@ def test_refuses_to_resume_on_a_different_input(cube, tmp_path):
 
 def test_refuses_to_write_into_a_scan_cube(cube, tmp_path):
     path, _ = cube
-    with pytest.raises(OutputExistsError, match="is a scan_cube store, not a result store"):
+    with pytest.raises(OutputExistsError, match="is the command's input|is a scan_cube store, not a result store"):
         run_pipeline(Pipeline([FrameSum()]), path, path)
 
 

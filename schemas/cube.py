@@ -7,6 +7,12 @@ step size, exposure, phases, provenance) and a ``diffraflow`` record
 (:class:`StoreMarker`) saying what kind of store it is and whether its writer
 finished.
 
+A value that neither the file nor the user gave is ``None`` ("not known"),
+never a typical value standing in for a fact: a 4D-STEM scan has no sample
+tilt, and a raw stack has no step size. Consumers that need a number (EBSD
+indexing, crystal-map exports) ask :func:`ebsd_geometry`, which fills the
+conventional assumption and says so.
+
 Validation happens on open and on write; a failure is a
 :class:`~schemas.errors.SchemaError` naming the field and the fix. The
 attributes can be exported as JSON Schema (:func:`scan_attrs_json_schema`) so
@@ -27,23 +33,34 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from schemas.errors import SchemaError
+from schemas.errors import DiffraflowError, SchemaError
 
 __all__ = [
     "SCAN_DIMS",
     "FORMAT_VERSION",
     "PC_CONVENTIONS",
+    "PC_FRACTION_CONVENTIONS",
+    "PC_EMSOFT_CONVENTIONS",
+    "LENGTH_UNITS",
+    "EBSD_ASSUMED_GEOMETRY",
+    "AssumedValueWarning",
     "DetectorGeometry",
     "StepSize",
     "PhaseRecord",
     "Provenance",
     "ScanAttrs",
     "StoreMarker",
+    "check_projection_centre",
+    "normalise_length_unit",
+    "ebsd_geometry",
     "validate_scan_attrs",
+    "validate_store_marker",
     "scan_attrs_json_schema",
     "pydantic_error_to_schema_error",
 ]
@@ -54,6 +71,26 @@ SCAN_DIMS: tuple[str, str, str, str] = ("scan_y", "scan_x", "det_y", "det_x")
 FORMAT_VERSION = 1
 #: Projection-centre conventions understood by kikuchipy's ``EBSDDetector``.
 PC_CONVENTIONS = ("bruker", "tsl", "edax", "oxford", "emsoft", "emsoft4", "emsoft5", "amatek")
+#: Conventions whose components are fractions of the detector (see :func:`check_projection_centre`).
+PC_FRACTION_CONVENTIONS = ("bruker", "tsl", "edax", "oxford", "amatek")
+#: Conventions in unbinned pixels from the detector centre (x, y) and micrometres (z = L).
+PC_EMSOFT_CONVENTIONS = ("emsoft", "emsoft4", "emsoft5")
+#: Bounds of fractional PC components: x, y may lie off the screen (TKD) by up to one screen size.
+_PC_XY_FRACTION = (-1.0, 2.0)
+#: Upper bound of a fractional PC z (detector distance over screen size); EBSD/TKD sit near 0.3-1.5.
+_PC_Z_FRACTION_MAX = 3.0
+#: Bounds of the EMsoft detector distance L in micrometres: below 1 um it is a fraction given by mistake.
+_PC_EMSOFT_L = (1.0, 1e6)
+#: Canonical step units and the spellings accepted for them.
+LENGTH_UNITS: dict[str, tuple[str, ...]] = {
+    "nm": ("nm", "nanometer", "nanometers", "nanometre", "nanometres"),
+    "um": ("um", "µm", "μm", "micron", "microns", "micrometer", "micrometers", "micrometre", "micrometres"),
+    "mm": ("mm", "millimeter", "millimeters", "millimetre", "millimetres"),
+}
+_UNIT_ALIASES = {alias: unit for unit, aliases in LENGTH_UNITS.items() for alias in aliases}
+#: What EBSD consumers assume for geometry no file or user gave (kikuchipy's EBSDDetector names).
+EBSD_ASSUMED_GEOMETRY: dict[str, float | int] = {"sample_tilt": 70.0, "camera_tilt": 0.0, "azimuthal": 0.0,
+                                                 "binning": 1}
 
 Modality = Literal["ebsd", "tkd", "4dstem", "sped"]
 
@@ -63,12 +100,19 @@ _FIXES: dict[str, str] = {
     "pc": "give the projection centre as three numbers (x, y, z) in the stated pc_convention",
     "pc_convention": f"use one of {', '.join(PC_CONVENTIONS)}",
     "shape": "give the detector shape as two positive integers [det_y, det_x]",
-    "sample_tilt": "give the sample tilt in degrees (about 70 for EBSD)",
-    "camera_tilt": "give the camera (detector) tilt in degrees",
+    "binning": "give the on-camera binning as a positive integer, or leave it out when not known",
+    "sample_tilt": "give the sample tilt in degrees between -90 and 90 (about 70 for EBSD), or leave it out",
+    "camera_tilt": "give the camera (detector) tilt in degrees between -90 and 90, or leave it out",
+    "azimuthal": "give the detector azimuthal angle in degrees between -360 and 360, or leave it out",
+    "px_size_um": "give the unbinned detector pixel size in micrometres, or leave it out",
     "beam_energy_kv": "give the beam energy in kV (e.g. 20 for SEM, 200 for TEM)",
     "exposure_s": "give the exposure per frame in seconds",
     "y": "give the step size as a positive number",
     "x": "give the step size as a positive number",
+    "unit": "give the step unit as nm, um or mm",
+    "kind": "this is not a store diffraflow can read: re-create it with 'diffraflow convert' or 'diffraflow run'",
+    "format_version": "re-create the store with diffraflow",
+    "complete": "re-create the store with diffraflow",
     "space_group": "give an International Tables space-group number 1-230",
     "lattice": "give the lattice as [a, b, c, alpha, beta, gamma] in nm and degrees",
 }
@@ -82,24 +126,34 @@ class DetectorGeometry(_Strict):
     """Detector geometry: shape, binning, projection centre, tilts, pixel size.
 
     The projection centre ``pc`` is a mean/representative value in the stated
-    convention (kikuchipy ``EBSDDetector`` conventions). A per-point projection
+    convention (kikuchipy ``EBSDDetector`` conventions), checked against the
+    bounds of :func:`check_projection_centre`. A per-point projection
     centre, when known, is stored in the cube as the variable ``pc`` with dims
     ``(scan_y, scan_x, pc_component)`` in the same convention.
+
+    Every value but ``shape`` may be ``None``: not known (no file or user
+    gave it). Consumers needing one use :func:`ebsd_geometry`.
 
     Examples
     --------
     >>> DetectorGeometry(shape=(60, 80), pc=(0.5, 0.3, 0.6), pc_convention="edax").shape
     (60, 80)
+    >>> DetectorGeometry(shape=(256, 256)).sample_tilt is None
+    True
     """
 
     shape: tuple[int, int] = Field(description="detector shape (det_y, det_x) in pixels as stored")
-    binning: int = Field(1, ge=1, description="on-camera binning factor")
+    binning: int | None = Field(default=None, ge=1, description="on-camera binning factor; None when not known")
     pc: tuple[float, float, float] | None = Field(None, description="projection centre (x, y, z)")
-    pc_convention: str = Field("bruker", description="projection-centre convention")
-    sample_tilt: float = Field(70.0, ge=-90, le=90, description="sample tilt about RD, degrees")
-    camera_tilt: float = Field(0.0, ge=-90, le=90, description="detector tilt, degrees")
-    px_size_um: float | None = Field(None, gt=0, description="unbinned detector pixel size, micrometres")
-    azimuthal: float = Field(0.0, description="azimuthal angle of the detector, degrees")
+    pc_convention: str = Field("bruker", description="projection-centre convention of pc")
+    sample_tilt: float | None = Field(default=None, ge=-90, le=90, allow_inf_nan=False,
+                                      description="sample tilt about RD, degrees; None when not known")
+    camera_tilt: float | None = Field(default=None, ge=-90, le=90, allow_inf_nan=False,
+                                      description="detector tilt, degrees; None when not known")
+    px_size_um: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                     description="unbinned detector pixel size, micrometres")
+    azimuthal: float | None = Field(default=None, ge=-360, le=360, allow_inf_nan=False,
+                                    description="azimuthal angle of the detector, degrees; None when not known")
     calibration: dict[str, Any] = Field(default_factory=dict,
                                         description="4D-STEM/SPED reciprocal-space calibration, e.g. {'scale': 0.0126, 'units': '1/A'}")
 
@@ -125,19 +179,42 @@ class DetectorGeometry(_Strict):
             raise ValueError(f"projection centre must be finite, got {list(value)}")
         return value
 
+    @model_validator(mode="after")
+    def _pc_in_bounds(self):
+        # The bounds depend on the convention (and, for EMsoft pixels, on shape and binning),
+        # so they are checked once the whole record is parsed.
+        if self.pc is not None:
+            check_projection_centre(self.pc, self.pc_convention, "pc", det_shape=self.shape, binning=self.binning)
+        return self
+
 
 class StepSize(_Strict):
-    """Scan step sizes along ``scan_y`` and ``scan_x``.
+    """Scan step sizes along ``scan_y`` and ``scan_x``, in a length unit.
+
+    Both steps are required: a scan whose step is not known has no
+    ``step_size`` at all (``ScanAttrs.step_size`` is ``None``). The unit
+    defaults to micrometres and accepts the spellings in :data:`LENGTH_UNITS`
+    (``µm``, ``micron``...), stored as ``nm``, ``um`` or ``mm``.
 
     Examples
     --------
     >>> StepSize(y=1.5, x=1.5).unit
     'um'
+    >>> StepSize(y=12.8, x=12.8, unit="nanometres").unit
+    'nm'
     """
 
-    y: float = Field(default=1.0, gt=0)
-    x: float = Field(default=1.0, gt=0)
-    unit: str = Field(default="um", description="length unit of the steps: um or nm")
+    y: float = Field(gt=0, allow_inf_nan=False)
+    x: float = Field(gt=0, allow_inf_nan=False)
+    unit: str = Field(default="um", description="length unit of the steps: nm, um or mm")
+
+    @field_validator("unit", mode="before")
+    @classmethod
+    def _length_unit(cls, value: Any) -> str:
+        unit = normalise_length_unit(value) if isinstance(value, str) else None
+        if unit is None:
+            raise ValueError("step unit must be a length unit (nm, um or mm)")
+        return unit
 
 
 class PhaseRecord(_Strict):
@@ -186,18 +263,23 @@ class Provenance(_Strict):
 class ScanAttrs(_Strict):
     """Validated attributes of a scan cube.
 
+    Values no file or user gave stay ``None`` (beam energy, step size,
+    exposure, and the detector's tilts, binning and projection centre).
+
     Examples
     --------
     >>> a = ScanAttrs(modality="sped", detector={"shape": [144, 144]}, beam_energy_kv=200)
     >>> a.model_dump()["detector"]["shape"]
     (144, 144)
+    >>> a.step_size is None
+    True
     """
 
     modality: Modality
     detector: DetectorGeometry
-    beam_energy_kv: float | None = Field(None, gt=0, le=1000)
-    step_size: StepSize = Field(default_factory=StepSize)
-    exposure_s: float | None = Field(None, ge=0)
+    beam_energy_kv: float | None = Field(default=None, gt=0, le=1000, allow_inf_nan=False)
+    step_size: StepSize | None = Field(default=None, description="scan steps; None when not known")
+    exposure_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     phases: list[PhaseRecord] = Field(default_factory=list)
     provenance: Provenance = Field(default_factory=Provenance)
     scan_shape: tuple[int, int] | None = Field(None, description="(scan_y, scan_x), filled in by the store")
@@ -224,9 +306,177 @@ class StoreMarker(_Strict):
     False
     """
 
-    format_version: int = FORMAT_VERSION
+    format_version: int = Field(default=FORMAT_VERSION, ge=1)
     kind: Literal["scan_cube", "result"]
     complete: bool = False
+
+
+class AssumedValueWarning(UserWarning):
+    """A consumer used a conventional value because the scan does not know the real one."""
+
+
+def normalise_length_unit(text: str) -> str | None:
+    """The canonical length unit (``nm``, ``um``, ``mm``) for a spelling, or None if it is not one.
+
+    Parameters
+    ----------
+    text
+        A unit as written by a file or a user: ``"µm"``, ``"microns"``, ``"NM"``...
+
+    Examples
+    --------
+    >>> normalise_length_unit("µm"), normalise_length_unit(" Nanometres "), normalise_length_unit("furlong")
+    ('um', 'nm', None)
+    """
+    return _UNIT_ALIASES.get(str(text).strip().lower())
+
+
+def check_projection_centre(pc: Sequence[float], convention: str = "bruker", where: str = "--pc", *,
+                            det_shape: Sequence[int] | None = None,
+                            binning: int | None = None) -> tuple[float, float, float]:
+    """Check a projection centre against the bounds of its convention; return it as three floats.
+
+    For command-line parsers of ``--pc`` and for the schema (a stored
+    ``detector.pc`` goes through the same check).
+
+    Parameters
+    ----------
+    pc
+        ``(x, y, z)`` in ``convention``.
+    convention
+        One of :data:`PC_CONVENTIONS` (any case).
+    where
+        The option or field named in the error (``"--pc"``, ``"detector.pc"``).
+    det_shape, binning
+        ``(det_y, det_x)`` as stored and the on-camera binning; with both
+        known, EMsoft pixel coordinates are bounded by the detector size too.
+
+    Returns
+    -------
+    tuple of float
+
+    Raises
+    ------
+    SchemaError
+        Not three finite numbers, an unknown convention, or a component
+        out of bounds (see Notes).
+
+    Notes
+    -----
+    Fractional conventions (``bruker``, ``tsl``/``edax``/``amatek``,
+    ``oxford``) give x and y as fractions of the detector width/height
+    (typically 0.3-0.7) and z as the detector distance over the screen
+    size (typically 0.4-1.0). We accept x, y in [-1, 2] (the centre may lie
+    off the screen, as in off-axis TKD, but not by more than a screen) and
+    z in (0, 3]. EMsoft conventions give x, y in unbinned pixels from the
+    screen centre and z = L in micrometres: we require L in [1, 1e6] um (a
+    sub-micrometre L is a fraction given in the wrong convention) and, when
+    shape and binning are known, |x|, |y| within 1.5 screen sizes (the same
+    reach as [-1, 2] above).
+
+    Examples
+    --------
+    >>> check_projection_centre([0.42, 0.22, 0.5])
+    (0.42, 0.22, 0.5)
+    >>> check_projection_centre([5.0, 0.22, 0.5], "tsl")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.SchemaError: --pc: projection-centre x = 5.0 is outside [-1, 2] in the tsl convention (fractions of the detector) (fix: give x and y as fractions of the detector width and height (typically 0.3-0.7) and z as detector distance over screen size (typically 0.4-1.0); pixel and micrometre values need --pc-convention emsoft)
+    >>> check_projection_centre([12.5, -40.0, 15000.0], "emsoft", det_shape=(60, 60), binning=8)
+    (12.5, -40.0, 15000.0)
+    """
+    name = str(convention).lower()
+    if name not in PC_CONVENTIONS:
+        raise SchemaError(where, f"unknown projection-centre convention {convention!r}", _FIXES["pc_convention"])
+    try:
+        values = tuple(float(v) for v in pc)
+    except (TypeError, ValueError):
+        raise SchemaError(where, f"projection centre must be three numbers, got {pc!r}", _FIXES["pc"]) from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise SchemaError(where, f"projection centre must be three finite numbers, got {list(values)}", _FIXES["pc"])
+    x, y, z = values
+    if name in PC_FRACTION_CONVENTIONS:
+        fix = ("give x and y as fractions of the detector width and height (typically 0.3-0.7) and z as "
+               "detector distance over screen size (typically 0.4-1.0); pixel and micrometre values need "
+               "--pc-convention emsoft")
+        lo, hi = _PC_XY_FRACTION
+        for label, value in (("x", x), ("y", y)):
+            if not lo <= value <= hi:
+                raise SchemaError(where, f"projection-centre {label} = {value} is outside [{lo:g}, {hi:g}] in the "
+                                  f"{name} convention (fractions of the detector)", fix)
+        if not 0 < z <= _PC_Z_FRACTION_MAX:
+            raise SchemaError(where, f"projection-centre z = {z} is outside (0, {_PC_Z_FRACTION_MAX:g}] in the "
+                              f"{name} convention (detector distance over screen size)", fix)
+        return values
+    fix = ("give x and y in unbinned pixels from the detector centre and z as the detector distance L in "
+           "micrometres (typically 5000-30000); fractions need --pc-convention bruker")
+    lo, hi = _PC_EMSOFT_L
+    if not lo <= z <= hi:
+        raise SchemaError(where, f"projection-centre L = {z} um is outside [{lo:g}, {hi:g}] in the {name} "
+                          "convention (micrometres)", fix)
+    if det_shape is not None and binning is not None:
+        for label, value, size in (("x", x, det_shape[1]), ("y", y, det_shape[0])):
+            reach = 1.5 * int(size) * int(binning)
+            if abs(value) > reach:
+                raise SchemaError(where, f"projection-centre {label} = {value} px is more than 1.5 detector sizes "
+                                  f"({reach:g} unbinned px) from the centre in the {name} convention", fix)
+    return values
+
+
+def ebsd_geometry(detector: DetectorGeometry | Mapping[str, Any] | None,
+                  note: Callable[[str], None] | None = None) -> dict[str, float | int]:
+    """Sample tilt, camera tilt, azimuthal angle and binning for kikuchipy's ``EBSDDetector``.
+
+    Known values are taken as stored; unknown ones (``None`` or absent)
+    take :data:`EBSD_ASSUMED_GEOMETRY` (70 deg sample tilt, untilted camera,
+    no azimuthal rotation, no binning). An assumed tilt is reported, to
+    ``note`` if given, else as an :class:`AssumedValueWarning`; the azimuthal
+    angle and binning fall back silently, as their assumptions are the
+    neutral values kikuchipy itself defaults to.
+
+    Parameters
+    ----------
+    detector
+        A ``DetectorGeometry``, or its dict form (``scan["detector"]``).
+    note
+        Called with one line naming the assumed values.
+
+    Returns
+    -------
+    dict
+        ``{"sample_tilt", "tilt", "azimuthal", "binning"}``, the keyword
+        names of ``EBSDDetector``.
+
+    Examples
+    --------
+    >>> ebsd_geometry({"shape": [60, 60], "sample_tilt": 69.5, "camera_tilt": 2.0, "azimuthal": 0.0, "binning": 8})
+    {'sample_tilt': 69.5, 'tilt': 2.0, 'azimuthal': 0.0, 'binning': 8}
+    >>> ebsd_geometry({"shape": [60, 60], "sample_tilt": None}, note=print)
+    sample tilt, camera tilt not known: assuming 70 deg, 0 deg
+    {'sample_tilt': 70.0, 'tilt': 0.0, 'azimuthal': 0.0, 'binning': 1}
+    """
+    if isinstance(detector, DetectorGeometry):
+        record: Mapping[str, Any] = detector.model_dump()
+    else:
+        record = detector or {}
+    out: dict[str, float | int] = {}
+    assumed: list[tuple[str, str]] = []
+    for field, keyword in (("sample_tilt", "sample_tilt"), ("camera_tilt", "tilt"), ("azimuthal", "azimuthal"),
+                           ("binning", "binning")):
+        value = record.get(field)
+        if value is None:
+            value = EBSD_ASSUMED_GEOMETRY[field]
+            if field in ("sample_tilt", "camera_tilt"):
+                assumed.append((field.replace("_", " "), f"{value:g} deg"))
+        out[keyword] = int(value) if field == "binning" else float(value)
+    if assumed:
+        text = (", ".join(label for label, _ in assumed) + " not known: assuming "
+                + ", ".join(shown for _, shown in assumed))
+        if note is not None:
+            note(text)
+        else:
+            warnings.warn(text, AssumedValueWarning, stacklevel=2)
+    return out
 
 
 def pydantic_error_to_schema_error(exc: ValidationError, where: str, prefix: str = "") -> SchemaError:
@@ -243,6 +493,11 @@ def pydantic_error_to_schema_error(exc: ValidationError, where: str, prefix: str
     first = exc.errors()[0]
     loc = [str(part) for part in first.get("loc", ())]
     field = ".".join(([prefix] if prefix else []) + loc) or "(root)"
+    raised = (first.get("ctx") or {}).get("error")
+    if isinstance(raised, DiffraflowError):
+        # A validator that already wrote a where/problem/fix (check_projection_centre): keep its words.
+        field = ".".join([part for part in (field if loc or prefix else "", raised.where) if part])
+        return SchemaError(f"{where}: {field}", raised.problem, raised.fix)
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if "input" in first and first.get("type") not in ("missing",) and not isinstance(first["input"], dict):
         message += f", got {first['input']!r}"
@@ -276,6 +531,44 @@ def validate_scan_attrs(attrs: dict[str, Any] | ScanAttrs, where: str = "scan at
         return ScanAttrs.model_validate(attrs)
     except ValidationError as exc:
         raise pydantic_error_to_schema_error(exc, where) from None
+
+
+def validate_store_marker(record: Any, where: str = "store") -> StoreMarker:
+    """Validate a store's ``diffraflow`` marker, raising a one-line SchemaError.
+
+    Parameters
+    ----------
+    record
+        The ``diffraflow`` group attribute as read (normally a dict).
+    where
+        The store path, for the message.
+
+    Raises
+    ------
+    SchemaError
+        Not a mapping, an unknown ``kind``, a malformed field, or a
+        ``format_version`` newer than this diffraflow reads.
+
+    Examples
+    --------
+    >>> validate_store_marker({"format_version": 1, "kind": "scan_cube", "complete": True}).complete
+    True
+    >>> validate_store_marker({"kind": "banana"}, where="s.zarr")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.SchemaError: s.zarr: diffraflow.kind: Input should be 'scan_cube' or 'result', got 'banana' (fix: this is not a store diffraflow can read: re-create it with 'diffraflow convert' or 'diffraflow run')
+    """
+    if not isinstance(record, Mapping):
+        raise SchemaError(f"{where}: diffraflow", f"the store marker must be a mapping, got {record!r}",
+                          "pass a store written by diffraflow")
+    try:
+        marker = StoreMarker.model_validate(dict(record))
+    except ValidationError as exc:
+        raise pydantic_error_to_schema_error(exc, where, "diffraflow") from None
+    if marker.format_version > FORMAT_VERSION:
+        raise SchemaError(f"{where}: diffraflow.format_version", f"store format {marker.format_version} is newer "
+                          f"than this diffraflow understands ({FORMAT_VERSION})", "upgrade diffraflow")
+    return marker
 
 
 def scan_attrs_json_schema() -> dict[str, Any]:

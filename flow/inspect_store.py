@@ -19,10 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from schemas.chunking import CubeLayout, validate_layout
-from schemas.cube import SCAN_DIMS, StoreMarker, validate_scan_attrs
+from schemas.cube import SCAN_DIMS, validate_scan_attrs, validate_store_marker
 from schemas.errors import SchemaError
 
 __all__ = ["describe_store", "validate_store"]
+
+
+#: How ``info`` shows a value that no file or user gave (never a default standing in for a fact).
+_UNKNOWN = "unknown"
+
+
+def _known(value: object, unit: str = "") -> str:
+    """``value`` with its unit, or "unknown" when the store does not know it.
+
+    Examples
+    --------
+    >>> _known(70.0, " deg"), _known(None, " deg")
+    ('70.0 deg', 'unknown')
+    """
+    return _UNKNOWN if value is None else f"{value}{unit}"
 
 
 def _human_bytes(n: float) -> str:
@@ -53,7 +68,7 @@ def validate_store(path: str | os.PathLike) -> dict[str, Any]:
     from flow.store import open_group_checked
 
     group = open_group_checked(path)
-    marker = StoreMarker.model_validate(group.attrs["diffraflow"])
+    marker = validate_store_marker(group.attrs.get("diffraflow"), where=str(path))
     report: dict[str, Any] = {"path": str(path), "kind": marker.kind}
     if marker.kind == "result":
         from schemas.results import validate_result_group
@@ -88,15 +103,26 @@ def validate_store(path: str | os.PathLike) -> dict[str, Any]:
 def describe_store(path: str | os.PathLike) -> str:
     """A human summary of a store: shape, chunks, dtype, metadata, variables, results.
 
+    Values the store does not know (no file or user gave them) read
+    "unknown", never a typical value.
+
     Examples
     --------
-    >>> # print(describe_store("scan.zarr"))
+    >>> import numpy as np, tempfile, pathlib
+    >>> from flow.store import create_cube
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "m.zarr"
+    >>> with create_cube(out, scan_shape=(1, 2), det_shape=(4, 4), dtype="uint16",
+    ...                  attrs={"modality": "4dstem", "detector": {"shape": [4, 4]}}) as w:
+    ...     w.patterns.append(np.zeros((2, 4, 4), "uint16")); _ = w.finalize()
+    >>> text = describe_store(out)
+    >>> "sample tilt unknown, camera tilt unknown" in text, "step          unknown" in text
+    (True, True)
     """
     from flow.store import open_group_checked
 
     path = Path(path)
     group = open_group_checked(path)
-    marker = StoreMarker.model_validate(group.attrs["diffraflow"])
+    marker = validate_store_marker(group.attrs.get("diffraflow"), where=str(path))
     lines = [f"{path}  ({marker.kind}, format v{marker.format_version}, complete)",
              f"  size on disk  {_human_bytes(_disk_usage(path))}"]
     if marker.kind == "scan_cube":
@@ -110,19 +136,21 @@ def describe_store(path: str | os.PathLike) -> str:
             f"  modality      {scan.modality}",
         ]
         det = scan.detector
-        pc = f"{tuple(round(v, 4) for v in det.pc)} ({det.pc_convention})" if det.pc else "unknown"
+        pc = f"{tuple(round(v, 4) for v in det.pc)} ({det.pc_convention})" if det.pc else _UNKNOWN
         lines += [
-            f"  detector      {det.shape[0]} x {det.shape[1]} px, binning {det.binning}, PC {pc}",
-            f"                sample tilt {det.sample_tilt} deg, camera tilt {det.camera_tilt} deg"
+            f"  detector      {det.shape[0]} x {det.shape[1]} px, binning {_known(det.binning)}, PC {pc}",
+            f"                sample tilt {_known(det.sample_tilt, ' deg')}, camera tilt "
+            f"{_known(det.camera_tilt, ' deg')}"
+            + (f", azimuthal {det.azimuthal} deg" if det.azimuthal is not None else "")
             + (f", pixel {det.px_size_um} um" if det.px_size_um else ""),
         ]
         if det.calibration:
             lines.append(f"                calibration {det.calibration}")
-        lines.append(f"  beam          {scan.beam_energy_kv} kV" if scan.beam_energy_kv else "  beam          unknown")
-        lines.append(f"  step          y {scan.step_size.y} {scan.step_size.unit}, x {scan.step_size.x} "
-                     f"{scan.step_size.unit}")
-        if scan.exposure_s is not None:
-            lines.append(f"  exposure      {scan.exposure_s} s")
+        lines.append(f"  beam          {_known(scan.beam_energy_kv, ' kV')}")
+        step = scan.step_size
+        lines.append(f"  step          y {step.y} {step.unit}, x {step.x} {step.unit}" if step is not None
+                     else f"  step          {_UNKNOWN}")
+        lines.append(f"  exposure      {_known(scan.exposure_s, ' s')}")
         if scan.phases:
             phases = ", ".join(f"{p.id}:{p.name}" + (f" (SG {p.space_group})" if p.space_group else "")
                                for p in scan.phases)

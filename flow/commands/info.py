@@ -17,6 +17,16 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Print the summary of ``args.store``; values the store does not know read "unknown".
+
+    Examples
+    --------
+    >>> import argparse
+    >>> run(argparse.Namespace(store="/nonexistent.zarr"))
+    Traceback (most recent call last):
+    ...
+    schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    """
     from flow.inspect_store import describe_store
 
     print(describe_store(args.store))

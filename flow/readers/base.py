@@ -13,7 +13,11 @@ files) and answers two questions:
 
 Truncation is checked in :meth:`Reader.probe` wherever a header implies a
 size (:func:`check_file_size`); the store writer also refuses a scan that
-ends early.
+ends early. Where the size comes from the user (``--scan-shape``,
+``--det-shape``) or a side file (NORDIF ``Setting.txt``, Merlin ``.hdr``),
+the file must hold exactly that many patterns, no fewer and no more
+(:func:`check_frames_fill_file`): surplus bytes would otherwise be
+silently left out of the cube.
 
 Examples
 --------
@@ -42,6 +46,8 @@ __all__ = [
     "Probe",
     "Reader",
     "check_file_size",
+    "check_frames_fill_file",
+    "fitting_scan_shapes",
     "jsonable",
     "batched",
 ]
@@ -193,7 +199,14 @@ class Reader(abc.ABC):
             (:class:`~schemas.errors.TruncatedFileError`).
         """
         if self._probe_cache is None:
-            self._probe_cache = self._probe()
+            probe = self._probe()
+            if self.det_shape_hint is not None and tuple(probe.det_shape) != tuple(self.det_shape_hint):
+                # Formats with their own pattern shape do not use --det-shape: a different one is a mistake.
+                h, w = self.det_shape_hint
+                raise self.error(f"--det-shape {h} {w} but the file's patterns are {probe.det_shape[0]} x "
+                                 f"{probe.det_shape[1]} px", "drop --det-shape (this format says its pattern "
+                                 f"shape) or give --det-shape {probe.det_shape[0]} {probe.det_shape[1]}")
+            self._probe_cache = probe
             attrs = self._probe_cache.attrs
             prov = attrs.setdefault("provenance", {})
             prov.setdefault("source_file", str(self.path))
@@ -240,6 +253,30 @@ class Reader(abc.ABC):
         """A :class:`TruncatedFileError` about this input (to ``raise``)."""
         return TruncatedFileError(str(self.path), problem, fix)
 
+    def checked_hint(self, option: str, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        """``--scan-shape``/``--det-shape`` as given, refused unless two positive integers.
+
+        For readers that size a raw file with the hint (checked where it is
+        used, so that other readers keep the driver's fuller message).
+
+        Examples
+        --------
+        >>> class R(Reader):
+        ...     def _probe(self): ...
+        ...     def _iter_frames(self, batch): ...
+        >>> R("x.dat").checked_hint("--scan-shape", (0, 3))
+        Traceback (most recent call last):
+        ...
+        schemas.errors.InputFileError: x.dat: --scan-shape 0 3 must be two positive integers (fix: give ROWS COLS, e.g. --scan-shape 3 3)
+        """
+        if value is None:
+            return None
+        if len(value) != 2 or min(int(v) for v in value) < 1:
+            example = "ROWS COLS, e.g. --scan-shape 3 3" if option == "--scan-shape" else "H W, e.g. --det-shape 60 60"
+            raise self.error(f"{option} {' '.join(str(v) for v in value)} must be two positive integers",
+                             f"give {example}")
+        return int(value[0]), int(value[1])
+
 
 def check_file_size(path: Path, expected: int, what: str, exact: bool = False) -> int:
     """Raise :class:`TruncatedFileError` when a file is shorter than its header says.
@@ -279,6 +316,96 @@ def check_file_size(path: Path, expected: int, what: str, exact: bool = False) -
         raise TruncatedFileError(str(path), f"file has {size} bytes but {what} need exactly {expected}",
                                  "the header and the data disagree: the file is garbled or not this format")
     return size
+
+
+def fitting_scan_shapes(n: int, cols: int | None = None, limit: int = 3) -> list[tuple[int, int]]:
+    """Scan shapes ``(rows, cols)`` of exactly ``n`` points, the likeliest first.
+
+    A shape keeping the expected row length ``cols`` comes first (the scan
+    has more or fewer rows than said), then the squarest ones.
+
+    Examples
+    --------
+    >>> fitting_scan_shapes(12)
+    [(3, 4), (2, 6), (1, 12)]
+    >>> fitting_scan_shapes(12, cols=6)
+    [(2, 6), (3, 4), (1, 12)]
+    """
+    pairs = [(r, n // r) for r in range(1, math.isqrt(max(n, 0)) + 1) if n % r == 0]
+    shapes = sorted(pairs, key=lambda p: p[1] - p[0])
+    if cols and n % cols == 0:
+        keep = (n // cols, cols)
+        shapes = [keep] + [p for p in shapes if p != keep]
+    return shapes[:limit]
+
+
+def check_frames_fill_file(path: Path, *, n_frames: int, frame_bytes: int, header_bytes: int = 0,
+                           scan_shape: tuple[int, int], det_shape: tuple[int, int], sized_by: str) -> int:
+    """Refuse a raw file that does not hold exactly the patterns its size was taken from.
+
+    For formats sized by the user or a side file: a shorter file is
+    truncated; a longer one would have its surplus silently left out.
+
+    Parameters
+    ----------
+    path
+        The file.
+    n_frames, frame_bytes, header_bytes
+        Patterns expected, bytes per pattern, bytes before the first one.
+    scan_shape, det_shape
+        The shapes the size came from, for the message.
+    sized_by
+        Where they came from (``"--scan-shape"``, ``"Setting.txt"``...).
+
+    Returns
+    -------
+    int
+        The file size.
+
+    Raises
+    ------
+    TruncatedFileError
+        The file is shorter.
+    InputFileError
+        The file is longer, or not a whole number of patterns.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "Pattern.dat"; _ = p.write_bytes(bytes(12 * 4))
+    >>> check_frames_fill_file(p, n_frames=12, frame_bytes=4, scan_shape=(3, 4), det_shape=(2, 2), sized_by="test")
+    48
+    >>> check_frames_fill_file(p, n_frames=4, frame_bytes=4, scan_shape=(2, 2), det_shape=(2, 2),
+    ...                        sized_by="--scan-shape")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.InputFileError: ...Pattern.dat: file holds 12 patterns of 2 x 2 px (48 bytes) but the scan 2 x 2 from --scan-shape needs 4 (16 bytes): 32 bytes would be left out (fix: pass --scan-shape ROWS COLS with ROWS x COLS = 12, e.g. --scan-shape 6 2, 3 4 or 2 6)
+    """
+    size = path.stat().st_size
+    expected = header_bytes + n_frames * frame_bytes
+    if size == expected:
+        return size
+    rows, cols = scan_shape
+    wanted = f"the scan {rows} x {cols} from {sized_by} needs {n_frames} ({n_frames * frame_bytes} bytes)"
+    whole, rest = divmod(max(0, size - header_bytes), frame_bytes)
+    if rest == 0:
+        held = f"file holds {whole} patterns of {det_shape[0]} x {det_shape[1]} px ({size - header_bytes} bytes)"
+        options = [f"{r} {c}" for r, c in fitting_scan_shapes(whole, cols)]
+        fix = f"pass --scan-shape ROWS COLS with ROWS x COLS = {whole}"
+        if options:
+            fix += ", e.g. --scan-shape " + (" or ".join([", ".join(options[:-1]), options[-1]])
+                                             if len(options) > 1 else options[0])
+    else:
+        held = (f"file's {size - header_bytes} data bytes are not a whole number of {det_shape[0]} x "
+                f"{det_shape[1]} px patterns ({whole} and {rest} bytes)")
+        per, odd = divmod(size - header_bytes, max(1, n_frames))
+        side = math.isqrt(per)
+        hint = f"--det-shape {side} {side}" if not odd and side * side == per else "--det-shape H W"
+        fix = f"check the pattern shape: pass {hint}, or correct {sized_by}"
+    if size < expected:
+        raise TruncatedFileError(str(path), f"{held} but {wanted}",
+                                 f"the file is truncated: re-copy it, or {fix}" if rest == 0 else fix)
+    raise InputFileError(str(path), f"{held} but {wanted}: {size - expected} bytes would be left out", fix)
 
 
 def jsonable(value: Any, max_items: int = 4096) -> Any:

@@ -36,6 +36,8 @@ import numpy as np
 from flow.readers.base import Probe, Reader, Variable, jsonable
 from flow.readers.crystal import euler_map_variables, xmap_to_variables
 from flow.readers.hdf5 import group_to_dict, is_hdf5, iter_dataset_frames, open_h5, scalar
+from schemas.cube import check_projection_centre
+from schemas.errors import SchemaError
 
 __all__ = ["H5EBSDReader", "h5ebsd_flavour"]
 
@@ -233,6 +235,13 @@ class H5EBSDReader(Reader):
                                                {"convention": convention, "components": ["x", "y", "z"]})
             else:
                 det["pc"] = [float(v) for v in pc]
+        if det.get("pc") is not None:
+            try:
+                check_projection_centre(det["pc"], convention, "pc", det_shape=(sy, sx), binning=det.get("binning"))
+            except SchemaError as exc:
+                # A vendor's placeholder or a botched calibration must not stop the patterns: drop it, say so.
+                notes.append(f"projection centre {det.pop('pc')} in the file ignored ({exc.problem})")
+                variables.pop("pc", None)
         return Probe(n_frames=ny * nx, scan_shape=(ny, nx), det_shape=(sy, sx), dtype=np.dtype("uint8"),
                      attrs=attrs, variables=variables, notes=notes)
 
@@ -253,7 +262,9 @@ class H5EBSDReader(Reader):
         sy, sx = int(_get(header, "pattern_height")), int(_get(header, "pattern_width"))
         attrs = self._base_attrs(header, sem)
         det = attrs["detector"]
-        self._set(det, "binning", int(_get(header, "binning", default=1) or 1))
+        binning = _float(_get(header, "binning"))
+        if binning is not None and binning >= 1 and binning.is_integer():  # absent or garbled: not known
+            det["binning"] = int(binning)
         self._set(det, "sample_tilt", _float(_get(header, "sample_tilt")))
         self._set(det, "camera_tilt", _float(_get(header, "elevation_angle")))
         self._set(det, "azimuthal", _float(_get(header, "azimuth_angle")))

@@ -28,6 +28,7 @@ import numpy as np
 
 from flow.readers.base import Probe, Reader, jsonable
 from flow.readers.hdf5 import group_to_dict, is_hdf5, iter_dataset_frames, open_h5
+from schemas.cube import normalise_length_unit
 
 __all__ = ["HspyReader", "modality_from_metadata", "is_hspy_file"]
 
@@ -152,9 +153,9 @@ class HspyReader(Reader):
             unit_set = {str(ax.get("units", "")) for ax in nav_axes}
             scales: list[Any] = [ax.get("scale") for ax in nav_axes]
             unit = unit_set.pop() if len(unit_set) == 1 else ""
-            unit = {"µm": "um", "μm": "um"}.get(unit, unit)
-            if unit in ("nm", "um") and all(isinstance(s, (int, float)) and s > 0 for s in scales):
-                attrs["step_size"] = {"y": float(scales[0]), "x": float(scales[1]), "unit": unit}
+            length = normalise_length_unit(unit)
+            if length is not None and all(isinstance(s, (int, float)) and 0 < s < float("inf") for s in scales):
+                attrs["step_size"] = {"y": float(scales[0]), "x": float(scales[1]), "unit": length}
         tem = (md.get("Acquisition_instrument") or {}).get("TEM") or (md.get("Acquisition_instrument") or {}).get("SEM") or {}
         try:
             energy = float(tem.get("beam_energy", 0) or 0)

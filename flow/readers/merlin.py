@@ -8,7 +8,9 @@ does, so that stores match what ``rsciio.quantumdetector`` reads.
 
 The scan shape follows RosettaSciIO: the ``.hdr`` gives the number of
 frames and frames per trigger; with one frame per trigger the row length is
-where the frame timestamps jump (the flyback).
+where the frame timestamps jump (the flyback). Unlike RosettaSciIO, a file
+holding more frames than the ``.hdr`` says is refused (the surplus would be
+silently dropped) unless ``--scan-shape`` covers every frame in the file.
 
 Examples
 --------
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from flow.readers.base import Probe, Reader, batched, jsonable
+from flow.readers.base import Probe, Reader, batched, fitting_scan_shapes, jsonable
 from flow.readers.rawio import read_head, read_records
 
 __all__ = ["MerlinReader", "parse_hdr"]
@@ -104,13 +106,25 @@ class MerlinReader(Reader):
             raise self.truncated(f"the .hdr says {n_frames} frames but the file holds {n_file}")
         if n_frames == 0:
             n_frames = n_file
+        hint = self.checked_hint("--scan-shape", self.scan_shape_hint)
+        if n_frames < n_file:
+            if hint is None or hint[0] * hint[1] != n_file:
+                # RosettaSciIO reads only the .hdr's count; the frames after it would vanish without a word.
+                shapes = " or ".join(f"{r} {c}" for r, c in fitting_scan_shapes(n_file, limit=2))
+                raise self.error(f"the file holds {n_file} frames but {hdr_path.name} says {n_frames} "
+                                 f"(Frames in Acquisition): {n_file - n_frames} frames would be left out",
+                                 f"pass --scan-shape ROWS COLS with ROWS x COLS = {n_file} (e.g. {shapes}) to "
+                                 f"keep every frame, or correct {hdr_path.name}")
+            notes.append(f"{hdr_path.name} says {n_frames} frames; --scan-shape {hint[0]} {hint[1]} takes all "
+                         f"{n_file} in the file")
+            n_frames = n_file
         if per_trigger <= 1 and n_frames > 1:
             per_trigger = self._row_length(record, min(n_frames, 10_000))
         scan = (n_frames // per_trigger, per_trigger) if per_trigger and n_frames % per_trigger == 0 else (1, n_frames)
         attrs: dict[str, Any] = {"modality": "4dstem", "detector": {"shape": [height, width]},
                                  "original_metadata": jsonable(om)}
         exposure = self._exposure_s(fields)
-        if exposure is not None:
+        if exposure is not None and 0 <= exposure < float("inf"):  # a garbled field is not an exposure
             attrs["exposure_s"] = exposure
         self._record = record
         return Probe(n_frames=n_frames, scan_shape=scan, det_shape=(height, width),

@@ -4,7 +4,10 @@ A ``.dat`` file is headerless: uint8 patterns back to back in scan order.
 Scan and pattern shapes, beam energy, tilts, exposure and step size come
 from ``Setting.txt`` in the same folder (tab-separated ``key value unit``
 lines in ``[Section]`` blocks); without it ``--scan-shape`` is needed and a
-square detector is assumed (or ``--det-shape``). A
+square detector is assumed (or ``--det-shape``). Whichever gives the
+sizes, the file must hold exactly that many patterns: a longer file is
+refused like a shorter one, with the scan shapes that would fit. Values
+``Setting.txt`` does not give stay unknown. A
 ``Background acquisition pattern.bmp`` beside the file becomes the static
 background.
 
@@ -24,8 +27,9 @@ from typing import Any, cast
 
 import numpy as np
 
-from flow.readers.base import Probe, Reader, Variable, batched, check_file_size
+from flow.readers.base import Probe, Reader, Variable, batched, check_frames_fill_file
 from flow.readers.rawio import read_records
+from schemas.cube import normalise_length_unit
 
 __all__ = ["NordifReader", "parse_settings"]
 
@@ -104,6 +108,12 @@ class NordifReader(Reader):
             scan = _pair(settings, "Area", "Number of samples")  # rows x columns
             res = _pair(settings, "Acquisition settings", "Resolution")  # width x height
             det = (res[1], res[0]) if res else None
+            checks = (("Number of samples", scan, self.scan_shape_hint, "--scan-shape ROWS COLS"),
+                      ("Resolution", res, self.det_shape_hint, "--det-shape H W"))
+            for key, pair, hint, option in checks:
+                if pair is not None and min(pair) < 1 and not hint:
+                    raise self.error(f"{self.setting_file.name} gives {key} {pair[0]}x{pair[1]}, "
+                                     "not a positive size", f"correct {self.setting_file.name} or pass {option}")
             energy = _num(settings, "Microscope", "Accelerating voltage")
             if energy and energy > 0:
                 attrs["beam_energy_kv"] = energy
@@ -121,13 +131,15 @@ class NordifReader(Reader):
                 attrs["exposure_s"] = exposure * 1e-6  # written in microseconds
             step = _num(settings, "Area", "Step size")
             if step and step > 0:
-                attrs["step_size"] = {"y": step, "x": step, "unit": "um"}
+                unit = settings["Area"]["Step size"][1]
+                attrs["step_size"] = {"y": step, "x": step, "unit": normalise_length_unit(unit) or "um"}
         else:
             notes.append(f"no {self.setting_file.name} beside the file: metadata is unknown")
+        scan_from = det_from = self.setting_file.name
         if self.scan_shape_hint:
-            scan = self.scan_shape_hint
+            scan, scan_from = self.checked_hint("--scan-shape", self.scan_shape_hint), "--scan-shape"
         if self.det_shape_hint:
-            det = self.det_shape_hint
+            det, det_from = self.checked_hint("--det-shape", self.det_shape_hint), "--det-shape"
         if scan is None:
             raise self.error(f"no {self.setting_file.name} to give the scan shape",
                              "put Setting.txt beside the .dat file, or pass --scan-shape ROWS COLS")
@@ -140,7 +152,9 @@ class NordifReader(Reader):
             det = (side, side)
             notes.append(f"pattern shape {side} x {side} inferred from the file size")
         attrs["detector"]["shape"] = list(det)
-        check_file_size(self.path, n * det[0] * det[1], f"{scan[0]} x {scan[1]} patterns of {det[1]} x {det[0]} px")
+        sized_by = scan_from if scan_from == det_from else f"{scan_from} and {det_from}"
+        check_frames_fill_file(self.path, n_frames=n, frame_bytes=det[0] * det[1], scan_shape=scan,
+                               det_shape=det, sized_by=sized_by)
         variables: dict[str, Variable] = {}
         bg_file = self.path.parent / "Background acquisition pattern.bmp"
         if bg_file.is_file():

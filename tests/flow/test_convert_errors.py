@@ -211,3 +211,132 @@ def test_pc_convention_without_pc(tmp_path, capsys):
     np.save(tmp_path / "p.npy", np.zeros((1, 2, 3, 3), "uint8"))
     code, err = run_convert(capsys, tmp_path / "p.npy", tmp_path / "o.zarr", "--pc-convention", "edax")
     assert_clean_failure(code, err, tmp_path / "o.zarr", "--pc-convention")
+
+
+# -- raw files sized by the user or a side file must hold exactly that many patterns (issue 7) --------------
+
+KP_NORDIF = Path(__import__("kikuchipy").__file__).parent / "data" / "nordif"
+FRAME = 60 * 60  # bytes of one pattern in kikuchipy's NORDIF sample (3 x 3 scan)
+
+
+def nordif_copy(folder: Path, n_bytes: int, setting: bool = True) -> Path:
+    """kikuchipy's Pattern.dat cut or padded (with repeated patterns) to ``n_bytes``."""
+    data = (KP_NORDIF / "Pattern.dat").read_bytes()
+    data = (data * (n_bytes // len(data) + 1))[:n_bytes]
+    dat = folder / "Pattern.dat"
+    dat.write_bytes(data)
+    if setting:
+        shutil.copy(KP_NORDIF / "Setting.txt", folder / "Setting.txt")
+    return dat
+
+
+def test_nordif_longer_than_its_setting_file(tmp_path, capsys):
+    dat = nordif_copy(tmp_path, 12 * FRAME)  # Setting.txt says 3 x 3: three patterns too many
+    out = tmp_path / "o.zarr"
+    code, err = run_convert(capsys, dat, out)
+    assert_clean_failure(code, err, out, str(dat))
+    assert "file holds 12 patterns of 60 x 60 px (43200 bytes) but the scan 3 x 3 from Setting.txt needs 9 " \
+           "(32400 bytes): 10800 bytes would be left out" in err
+    assert "--scan-shape 4 3" in err  # the shape keeping Setting.txt's row length comes first
+    assert main(["convert", str(dat), str(out), "--scan-shape", "4", "3", "--quiet"]) == 0
+    got = open_cube(out)["patterns"].values
+    np.testing.assert_array_equal(got.reshape(-1), np.frombuffer(dat.read_bytes(), "uint8"))
+
+
+def test_raw_file_larger_than_scan_shape_times_det_shape(tmp_path, capsys):
+    """The issue's case: --scan-shape x --det-shape covers a fraction of the file, and exit was 0."""
+    dat = nordif_copy(tmp_path, 9 * FRAME, setting=False)
+    out = tmp_path / "o.zarr"
+    code, err = run_convert(capsys, dat, out, "--scan-shape", 1, 2, "--det-shape", 60, 60)
+    assert_clean_failure(code, err, out, str(dat))
+    assert "holds 9 patterns of 60 x 60 px" in err and "from --scan-shape and --det-shape needs 2" in err
+    assert "25200 bytes would be left out" in err and "--scan-shape 3 3 or 1 9" in err
+
+
+def test_raw_file_shorter_than_its_sizes(tmp_path, capsys):
+    dat = nordif_copy(tmp_path, 8 * FRAME)
+    out = tmp_path / "o.zarr"
+    code, err = run_convert(capsys, dat, out)
+    assert_clean_failure(code, err, out, str(dat))
+    assert "holds 8 patterns" in err and "needs 9" in err and "the file is truncated" in err
+    assert "--scan-shape 2 4 or 1 8" in err
+
+
+def test_raw_file_not_a_whole_number_of_patterns(tmp_path, capsys):
+    dat = nordif_copy(tmp_path, 9 * FRAME + 100)
+    out = tmp_path / "o.zarr"
+    code, err = run_convert(capsys, dat, out)
+    assert_clean_failure(code, err, out, str(dat))
+    assert "32500 data bytes are not a whole number of 60 x 60 px patterns" in err
+    assert "--det-shape H W, or correct Setting.txt" in err
+
+
+@pytest.mark.parametrize("option", [("--det-shape", 0, 60), ("--scan-shape", -3, 3)])
+def test_raw_sizes_must_be_positive(tmp_path, capsys, option):
+    dat = nordif_copy(tmp_path, 9 * FRAME, setting=False)
+    extra = () if option[0] == "--scan-shape" else ("--scan-shape", 3, 3)
+    code, err = run_convert(capsys, dat, tmp_path / "o.zarr", *option, *extra)
+    assert_clean_failure(code, err, tmp_path / "o.zarr", f"{option[0]} {option[1]} {option[2]} must be two "
+                         "positive integers")
+
+
+def test_nordif_setting_file_with_empty_scan(tmp_path, capsys):
+    dat = nordif_copy(tmp_path, 9 * FRAME)
+    setting = tmp_path / "Setting.txt"
+    setting.write_text(setting.read_text(encoding="latin-1").replace("3x3", "0x3"), encoding="latin-1")
+    code, err = run_convert(capsys, dat, tmp_path / "o.zarr")
+    assert_clean_failure(code, err, tmp_path / "o.zarr", "Setting.txt gives Number of samples 0x3")
+
+
+def test_det_shape_that_disagrees_with_the_file(tmp_path, capsys):
+    np.save(tmp_path / "p.npy", np.zeros((2, 3, 4, 4), "uint8"))
+    code, err = run_convert(capsys, tmp_path / "p.npy", tmp_path / "o.zarr", "--det-shape", 5, 5)
+    assert_clean_failure(code, err, tmp_path / "o.zarr", "--det-shape 5 5 but the file's patterns are 4 x 4 px")
+    assert "--det-shape 4 4" in err
+
+
+@needs_real
+def test_mib_with_more_frames_than_its_hdr(tmp_path, capsys):
+    mib = tmp_path / "m.mib"
+    shutil.copy(REAL / "merlin_4x2_6bit.mib", mib)
+    hdr = (REAL / "merlin_4x2_6bit.hdr").read_text(encoding="latin-1")
+    (tmp_path / "m.hdr").write_text(hdr.replace("Frames in Acquisition (Number):\t8",
+                                                "Frames in Acquisition (Number):\t6"), encoding="latin-1")
+    out = tmp_path / "o.zarr"
+    code, err = run_convert(capsys, mib, out)
+    assert_clean_failure(code, err, out, "the file holds 8 frames but m.hdr says 6 (Frames in Acquisition): 2 "
+                         "frames would be left out")
+    assert "--scan-shape ROWS COLS with ROWS x COLS = 8" in err
+    assert main(["convert", str(mib), str(out), "--scan-shape", "2", "4", "--quiet"]) == 0
+    assert open_cube(out)["patterns"].shape[:2] == (2, 4)
+
+
+# -- metadata checked where it is parsed (issue 7, item 11) ---------------------------------------------------
+
+@pytest.mark.parametrize(("pc", "words"), [((5.0, 0.2, 0.5), "projection-centre x = 5.0 is outside [-1, 2]"),
+                                           ((0.4, 0.2, 0.0), "projection-centre z = 0.0 is outside (0, 3]")])
+def test_pc_out_of_bounds(tmp_path, capsys, pc, words):
+    np.save(tmp_path / "p.npy", np.zeros((1, 2, 3, 3), "uint8"))
+    code, err = run_convert(capsys, tmp_path / "p.npy", tmp_path / "o.zarr", "--pc", *pc)
+    assert_clean_failure(code, err, tmp_path / "o.zarr", f"detector.pc: {words} in the bruker convention")
+
+
+def test_emsoft_pc_in_pixels_is_accepted(tmp_path, capsys):
+    np.save(tmp_path / "p.npy", np.zeros((1, 2, 3, 3), "uint8"))
+    code, _ = run_convert(capsys, tmp_path / "p.npy", tmp_path / "o.zarr", "--pc", 1.5, -2, 15000,
+                          "--pc-convention", "emsoft")
+    assert code == 0
+    assert open_cube(tmp_path / "o.zarr").attrs["scan"]["detector"]["pc"] == [1.5, -2.0, 15000.0]
+
+
+def test_step_unit_furlong_through_the_python_api(tmp_path):
+    from flow.convert import convert
+    from schemas.errors import SchemaError
+
+    np.save(tmp_path / "p.npy", np.zeros((1, 2, 3, 3), "uint8"))
+    with pytest.raises(SchemaError, match=r"step_size.unit: step unit must be a length unit \(nm, um or mm\), "
+                                          r"got 'furlong' \(fix: give the step unit as nm, um or mm\)"):
+        convert(tmp_path / "p.npy", tmp_path / "o.zarr", step=(1.0, 1.0), step_unit="furlong")
+    assert not (tmp_path / "o.zarr").exists()
+    report = convert(tmp_path / "p.npy", tmp_path / "o.zarr", step=(1.0, 2.0), step_unit="µm")
+    assert open_cube(report.output).attrs["scan"]["step_size"] == {"y": 1.0, "x": 2.0, "unit": "um"}

@@ -351,3 +351,58 @@ def test_tiff_pages_round_trip(tmp_path_factory, data, dtype, n, det):
         assert reader.probe().n_frames == n
         got = np.concatenate(list(reader.iter_frames(batch=2)))
     np.testing.assert_array_equal(got, arr)
+
+
+# -- sizes from side files, metadata as the file says it (issue 7) ---------------------------------------------
+
+def test_merlin_with_fewer_frames_in_hdr_than_in_file(tmp_path):
+    from schemas.errors import InputFileError
+
+    frames = np.random.default_rng(9).integers(0, 4095, (12, 8, 10)).astype("uint16")
+    _write_mib(tmp_path / "m.mib", frames, row_len=4)
+    (tmp_path / "m.hdr").write_text("HDR,\nFrames in Acquisition (Number):\t8\nFrames per Trigger (Number):\t1\nEnd\t")
+    with pytest.raises(InputFileError, match="the file holds 12 frames but m.hdr says 8 .* 4 frames would be left out"):
+        convert(tmp_path / "m.mib", tmp_path / "o.zarr")
+    with pytest.raises(InputFileError, match="m.hdr says 8"):  # a scan of the .hdr's size still leaves 4 out
+        convert(tmp_path / "m.mib", tmp_path / "o.zarr", scan_shape=(2, 4))
+    report = convert(tmp_path / "m.mib", tmp_path / "o.zarr", scan_shape=(3, 4))
+    _, got, _ = stored(report.output)
+    np.testing.assert_array_equal(got.reshape(12, 8, 10), frames[:, ::-1, :])
+    assert any("takes all 12" in n for n in report.notes)
+
+
+def test_nordif_setting_file_gives_only_what_it_says(tmp_path):
+    for name in ("Pattern.dat", "Setting.txt"):
+        shutil.copy(KP_DATA / "nordif" / name, tmp_path / name)
+    _, _, scan = stored(convert(tmp_path / "Pattern.dat", tmp_path / "o.zarr").output)
+    det = scan["detector"]
+    assert det["binning"] is None and det["pc"] is None and det["px_size_um"] is None  # not in Setting.txt
+    assert det["camera_tilt"] is not None and det["azimuthal"] is not None  # "Detector angles" are
+
+
+def test_h5ebsd_projection_centre_out_of_bounds_is_dropped_with_a_note(tmp_path):
+    import kikuchipy as kp
+
+    s = kp.data.nickel_ebsd_small()
+    s.detector.pc = (5.0, 0.22, 0.5)  # x five detector widths off: a botched calibration
+    s.save(tmp_path / "k.h5")
+    report = convert(tmp_path / "k.h5", tmp_path / "o.zarr")
+    ds, got, scan = stored(report.output)
+    assert_same(got, s.data)  # the patterns still convert
+    assert scan["detector"]["pc"] is None and "pc" not in ds
+    assert any("projection centre [5.0, 0.22, 0.5] in the file ignored (projection-centre x = 5.0 is outside"
+               in n for n in report.notes)
+    assert scan["detector"]["binning"] == s.detector.binning
+
+
+@pytest.mark.parametrize(("units", "stored_unit"), [("µm", "um"), ("mm", "mm"), ("px", None)])
+def test_hspy_navigation_units(tmp_path, units, stored_unit):
+    import hyperspy.api as hs
+
+    sig = hs.signals.Signal2D(np.zeros((2, 3, 4, 4), "uint8"))
+    for ax in sig.axes_manager.navigation_axes:
+        ax.units, ax.scale = units, 0.5
+    sig.save(tmp_path / "d.hspy")
+    _, _, scan = stored(convert(tmp_path / "d.hspy", tmp_path / "o.zarr").output)
+    expected = None if stored_unit is None else {"y": 0.5, "x": 0.5, "unit": stored_unit}
+    assert scan["step_size"] == expected  # a pixel "step" is no length: unknown

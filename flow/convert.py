@@ -36,6 +36,7 @@ from flow.readers import open_reader
 from flow.readers.base import DEFAULT_BATCH_BYTES, Probe, Variable
 from flow.readers.crystal import find_sidecar_crystal_map, load_crystal_map_file, xmap_to_variables
 from flow.store import create_cube, prepare_output_path
+from schemas.cube import check_projection_centre
 from schemas.errors import DiffraflowError, InputFileError, SchemaError, TruncatedFileError
 
 __all__ = ["convert", "ConvertReport", "resolve_scan_shape", "apply_overrides"]
@@ -210,7 +211,12 @@ def _attach_crystal_map(path: Path, explicit: bool, scan_shape: tuple[int, int],
     if ys is not None and xs is not None and ys > 0 and xs > 0 and "step_size" not in attrs:
         attrs["step_size"] = {"y": ys, "x": xs, "unit": "um"}
     if header.get("pc") and det.get("pc") is None:
-        det["pc"], det["pc_convention"] = list(header["pc"]), "edax"
+        try:
+            check_projection_centre(header["pc"], "edax", f"{path}: pc")
+        except SchemaError as exc:  # a crystal map's header is a side note: keep the patterns, drop its PC
+            notes.append(f"projection centre in {path.name} ignored: {exc.problem}")
+        else:
+            det["pc"], det["pc_convention"] = list(header["pc"]), "edax"
 
 
 def _command_line(argv: Sequence[str] | None) -> str:

@@ -56,7 +56,7 @@ import numpy as np
 
 from flow.records import load_record, save_record
 from flow.store import ARRAY_CONFIG
-from schemas.cube import StoreMarker
+from schemas.cube import StoreMarker, validate_store_marker
 from schemas.errors import OutputExistsError, SchemaError
 
 if TYPE_CHECKING:
@@ -240,7 +240,8 @@ class ZarrResultStore(ResultSink):
         fix = "pass --overwrite to replace it, or choose another --output"
         try:
             group = zarr.open_group(str(final), mode="r", zarr_format=3)
-            marker = StoreMarker.model_validate(dict(cast(Mapping[str, Any], group.attrs.get("diffraflow", {}))))
+            marker = validate_store_marker(dict(cast(Mapping[str, Any], group.attrs.get("diffraflow", {}))),
+                                           str(final))
             old = dict(cast(Mapping[str, Any], group.attrs.get("run", {})))
         except Exception:
             raise OutputExistsError(str(final), "exists and is not a diffraflow result store (diffraflow never "

@@ -57,7 +57,14 @@ from schemas.chunking import (
     choose_layout,
     validate_layout,
 )
-from schemas.cube import FORMAT_VERSION, SCAN_DIMS, ScanAttrs, StoreMarker, validate_scan_attrs
+from schemas.cube import (
+    FORMAT_VERSION,
+    SCAN_DIMS,
+    ScanAttrs,
+    StoreMarker,
+    validate_scan_attrs,
+    validate_store_marker,
+)
 from schemas.errors import (
     DataCorruptionError,
     DestinationNotWritableError,
@@ -698,7 +705,7 @@ def open_group_checked(path: str | os.PathLike, kind: str | None = None, require
     if not isinstance(marker_record, dict):
         raise StoreNotFoundError(str(path), "Zarr group has no 'diffraflow' attribute",
                                  "pass a store written by diffraflow, or convert the data first")
-    marker = _validate_marker(marker_record, str(path))
+    marker = validate_store_marker(marker_record, str(path))
     if marker.format_version > FORMAT_VERSION:
         raise SchemaError(f"{path}: diffraflow.format_version", f"store format {marker.format_version} is newer "
                           f"than this diffraflow understands ({FORMAT_VERSION})", "upgrade diffraflow")
@@ -711,23 +718,6 @@ def open_group_checked(path: str | os.PathLike, kind: str | None = None, require
     if marker.complete:
         check_manifest(path)
     return group
-
-
-def _validate_marker(record: dict[str, Any], where: str) -> StoreMarker:
-    from pydantic import ValidationError
-
-    try:
-        import schemas.cube as cube_schema
-
-        validate = getattr(cube_schema, "validate_store_marker", None)
-        if validate is not None:
-            return cast(StoreMarker, validate(record, f"{where}: diffraflow"))
-        return StoreMarker.model_validate(record)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "diffraflow"
-        raise SchemaError(f"{where}: diffraflow.{field}", f"{first.get('msg')}, got {first.get('input')!r}",
-                          "the store's diffraflow marker was edited; restore it or re-create the store") from None
 
 
 def _default_compressors(dtype: np.dtype) -> list[Any]:
@@ -987,7 +977,7 @@ def store_marker(path: str | os.PathLike) -> StoreMarker:
     >>> # store_marker("scan.zarr").complete
     """
     group = open_group_checked(path, require_complete=False)
-    return StoreMarker.model_validate(group.attrs["diffraflow"])
+    return validate_store_marker(dict(group.attrs["diffraflow"]), str(path))
 
 
 def read_scan_attrs(path: str | os.PathLike) -> ScanAttrs:

@@ -28,7 +28,14 @@ from typing import Any
 
 from schemas.errors import SchemaError
 
-__all__ = ["PHASE_LIBRARY", "PhaseDefinition", "get_phase", "phase_from_record", "phase_to_record"]
+__all__ = [
+    "PHASE_LIBRARY",
+    "PhaseDefinition",
+    "get_phase",
+    "phase_from_record",
+    "phase_in_angstrom",
+    "phase_to_record",
+]
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,45 @@ def element_symbol(element: Any) -> str:
     if text.isdigit() and 1 <= int(text) <= len(_SYMBOLS):
         return _SYMBOLS[int(text) - 1]
     return text
+
+
+def phase_in_angstrom(phase):
+    """A copy of an orix ``Phase`` whose lattice is in Ångström, for diffsims.
+
+    orix and kikuchipy phases (and this library) carry nanometres, but
+    diffsims computes Bragg angles and atomic scattering factors in Ångström.
+    Handed a nanometre lattice it returns Bragg angles ten times too large
+    (``nan`` beyond :math:`\\sin\\theta = 1`) and structure factors at the wrong
+    :math:`\\sin\\theta/\\lambda`. A lattice with ``a >= 2`` is taken to be in
+    Ångström already and only copied: no phase here (nor a CIF read by
+    :func:`get_phase`, which converts to nm) has a 2 nm cell edge.
+
+    The structure is rebuilt on a new lattice rather than rescaled in place:
+    diffpy caches Cartesian positions against the old lattice. Debye-Waller
+    factors are kept as they are (diffsims reads them as Ångström squared).
+
+    Examples
+    --------
+    >>> ni = get_phase("ni")
+    >>> round(phase_in_angstrom(ni).structure.lattice.a, 4), round(ni.structure.lattice.a, 5)
+    (3.5236, 0.35236)
+    >>> phase_in_angstrom(ni).point_group.name, len(phase_in_angstrom(get_phase("cr3si")).structure)
+    ('m-3m', 2)
+    """
+    from diffpy.structure import Atom, Lattice, Structure
+
+    copy = phase.deepcopy()
+    lat = copy.structure.lattice
+    if lat.a >= 2.0:
+        return copy
+    angstrom = Lattice(lat.a * 10, lat.b * 10, lat.c * 10, lat.alpha, lat.beta, lat.gamma)
+    atoms = []
+    for atom in copy.structure:
+        new = Atom(atom.element, atom.xyz.copy(), occupancy=atom.occupancy)
+        new.Uisoequiv = atom.Uisoequiv
+        atoms.append(new)
+    copy.structure = Structure(atoms=atoms, lattice=angstrom, title=copy.structure.title)
+    return copy
 
 
 def phase_to_record(phase) -> dict[str, Any]:

@@ -48,7 +48,12 @@ from operators.simulate.grains import (
     random_quaternions,
     voronoi_grain_map,
 )
-from operators.simulate.master_patterns import get_master_pattern, project_patterns, resolve_kind
+from operators.simulate.master_patterns import (
+    MASTER_PATTERN_VERSION,
+    get_master_pattern,
+    project_patterns,
+    resolve_kind,
+)
 from operators.simulate.noise import (
     STREAM_GRAINS,
     STREAM_NOISE,
@@ -384,6 +389,8 @@ def simulate_ebsd(
         "background_strength": strength, "read_noise": float(read_noise), "seed": int(seed),
         "phase_fractions": None if phase_fractions is None else [float(f) for f in phase_fractions],
         "master_pattern_kinds": list(kinds), "half_size": half_size,
+        # Scans made before version 3 carry no version: their kinematical patterns were wrong.
+        "master_pattern_version": MASTER_PATTERN_VERSION,
     }
     plan["parameters"] = parameters
     return EBSDSimulation(**plan)

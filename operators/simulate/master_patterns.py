@@ -21,11 +21,15 @@ Two kinds exist here:
 
 Kinematical master patterns are cached on disk as ``.npz`` under
 ``$DIFFRAFLOW_CACHE/master_patterns`` (default
-``~/.cache/diffraflow/master_patterns``), named ``<phase>_<kv>kv_<half>.npz``;
-each file stores a fingerprint of the structure and of the simulation
-parameters, and a stale or unreadable file is silently recomputed. All master
-patterns are returned with float32 intensities scaled to ``[0, 1]``, so the
-simulator's dose model does not depend on where a pattern came from.
+``~/.cache/diffraflow/master_patterns``), named
+``<phase>_<kv>kv_<half>_v<version>.npz`` with :data:`MASTER_PATTERN_VERSION`;
+each file also stores a fingerprint of the structure, the simulation
+parameters, that version and the diffsims/kikuchipy versions, and a stale or
+unreadable file is silently recomputed. Files written before version 3 (whose
+bands were wrong, see :func:`kinematical_master_pattern_arrays`) are never
+read. All master patterns are returned with float32 intensities scaled to
+``[0, 1]``, so the simulator's dose model does not depend on where a pattern
+came from.
 
 Heavy libraries (kikuchipy, diffsims, orix) are imported inside functions so
 that importing this module stays cheap.
@@ -59,6 +63,7 @@ __all__ = [
     "DEFAULT_MIN_DSPACING_NM",
     "DEFAULT_MIN_RELATIVE_F",
     "MASTER_PATTERN_KINDS",
+    "MASTER_PATTERN_VERSION",
     "cache_dir",
     "cache_path",
     "get_master_pattern",
@@ -80,8 +85,12 @@ DEFAULT_MIN_RELATIVE_F = 0.02
 #: Beam energy of the shipped dynamical Ni master pattern, kV.
 DYNAMICAL_NI_KV = 20.0
 MASTER_PATTERN_KINDS = ("auto", "dynamical", "kinematical")
-# Bump when the computation changes so old cache files are recomputed.
-_CACHE_VERSION = 2  # 2: computed on one numba thread (no race)
+#: Version of the kinematical computation; bump it whenever the result
+#: changes. It is in the cache file name and fingerprint, and in every
+#: simulated scan's parameters, so patterns from older code are never reused.
+#: 2: one numba thread (no race); 3: lattice handed to diffsims in Ångström
+#: (bands had 6-10x their Bragg width before).
+MASTER_PATTERN_VERSION = 3
 
 _memo: dict[tuple, Any] = {}
 _memo_lock = threading.Lock()
@@ -110,10 +119,10 @@ def cache_path(phase_name: str, energy_kv: float, half_size: int) -> Path:
     Examples
     --------
     >>> cache_path("fe", 20, 200).name
-    'fe_20kv_200.npz'
+    'fe_20kv_200_v3.npz'
     """
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(phase_name).lower())
-    return cache_dir() / f"{safe}_{_kv_text(energy_kv)}kv_{int(half_size)}.npz"
+    return cache_dir() / f"{safe}_{_kv_text(energy_kv)}kv_{int(half_size)}_v{MASTER_PATTERN_VERSION}.npz"
 
 
 def resolve_kind(phase_name: str, energy_kv: float, kind: str = "auto") -> str:
@@ -176,12 +185,16 @@ def _single_numba_thread():
 
 def _structure_fingerprint(phase, energy_kv: float, half_size: int, min_dspacing: float,
                            min_relative_f: float) -> str:
+    from importlib.metadata import version
+
     from operators.crystallography.phases import phase_to_record
 
     record = phase_to_record(phase)
     record.pop("color", None)
+    # The libraries' versions too: their units or kernels may change under us.
     payload = {"phase": record, "kv": float(energy_kv), "half": int(half_size), "dmin": float(min_dspacing),
-               "fmin": float(min_relative_f), "version": _CACHE_VERSION}
+               "fmin": float(min_relative_f), "version": MASTER_PATTERN_VERSION,
+               "diffsims": version("diffsims"), "kikuchipy": version("kikuchipy")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -193,7 +206,7 @@ def kinematical_master_pattern_arrays(phase, energy_kv: float = 20.0, half_size:
     Parameters
     ----------
     phase
-        orix ``Phase`` with space group and structure (lattice in nm).
+        orix ``Phase`` with space group and structure (lattice in nm, or Å).
     energy_kv
         Beam energy; sets the Bragg angles, hence the band widths.
     half_size
@@ -213,8 +226,11 @@ def kinematical_master_pattern_arrays(phase, energy_kv: float = 20.0, half_size:
     -----
     Band intensity is :math:`|F_{hkl}|^2` (``scaling="square"``), the
     kinematical two-beam intensity; structure factors use the atomic
-    scattering factors tabulated in diffsims. The stereographic pattern that
-    kikuchipy computes is resampled to the Lambert projection by
+    scattering factors tabulated in diffsims. diffsims assumes Ångström, so
+    the phase is converted with
+    :func:`operators.crystallography.phases.phase_in_angstrom` first (a
+    phase already in Ångström gives the same pattern). The stereographic
+    pattern that kikuchipy computes is resampled to the Lambert projection by
     ``EBSDMasterPattern.as_lambert``.
 
     Examples
@@ -227,8 +243,14 @@ def kinematical_master_pattern_arrays(phase, energy_kv: float = 20.0, half_size:
     from diffsims.crystallography import ReciprocalLatticeVector
     from kikuchipy.simulations import KikuchiPatternSimulator
 
+    from operators.crystallography.phases import phase_in_angstrom
+
     with _quiet(), np.errstate(all="ignore"), _single_numba_thread():
-        ref = ReciprocalLatticeVector.from_min_dspacing(phase, min_dspacing)
+        # diffsims wants Ångström. Cache versions 1-2 passed the nanometre
+        # lattice: bands 6-10 times too wide and scattering factors taken at
+        # ten times sin(theta)/lambda (most families damped away), so the
+        # simulated scans did not index back to their truth.
+        ref = ReciprocalLatticeVector.from_min_dspacing(phase_in_angstrom(phase), 10.0 * float(min_dspacing))
         ref.sanitise_phase()  # expand the asymmetric unit to the full cell
         ref = ref.unique(use_symmetry=True)  # one reflector per family: F is computed once
         ref.calculate_structure_factor()

@@ -133,6 +133,8 @@ def test_geometry_and_parameters_are_recorded():
     np.testing.assert_allclose(det.pc.ravel(), [0.5, 0.3, 0.6])
     assert (det.sample_tilt, det.tilt) == (65, 5)
     assert sim.parameters["seed"] == 9 and sim.parameters["pc_convention"] == "bruker"
+    # Scans made by the pre-version-3 kinematical code (wrong band widths) carry no version.
+    assert sim.parameters["master_pattern_version"] >= 3
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [

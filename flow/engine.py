@@ -346,7 +346,10 @@ def _run_round(plan, source, sink, ex, regions, round_, states, window, retries,
             pos = retry.popleft() if retry else queue.popleft()
             ex.submit(pos, run_chunk, shared, todo[pos], round_, gpu=gpu)
             in_flight += 1
-        pos, ok, value = ex.next_done()
+        finished = ex.next_done()
+        if finished is None:  # cannot happen with tasks in flight and no timeout
+            continue
+        pos, ok, value = finished
         in_flight -= 1
         region = todo[pos]
         if not ok:

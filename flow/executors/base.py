@@ -237,8 +237,13 @@ class Executor(ABC):
         """Queue ``fn(*args)`` under ``key``."""
 
     @abstractmethod
-    def next_done(self) -> tuple[Any, bool, Any]:
-        """Block until a submitted task finishes: ``(key, ok, result or exception)``."""
+    def next_done(self, timeout: float | None = None) -> tuple[Any, bool, Any] | None:
+        """Wait for a submitted task to finish: ``(key, ok, result or exception)``.
+
+        With ``timeout`` (seconds), return ``None`` when nothing finished in
+        that time, so a caller can wait on "task finished" and on other events
+        (a source announcing new frames) together. ``None`` waits for ever.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

@@ -7,8 +7,12 @@
   ``LocalCUDACluster`` is started (imported lazily) with a ``GPU`` resource
   per worker, and GPU tasks ask for ``resources={"GPU": 1}``.
 
-Tasks go through ``client.submit`` and :class:`distributed.as_completed`; the
-engine keeps a bounded window of them in flight. The run's shared data (plan,
+Tasks go through ``client.submit``; :meth:`DistributedExecutor.next_done`
+waits on them a few seconds at a time and, between waits, checks that the
+cluster still has workers: tasks of a cluster whose every worker died would
+otherwise wait for ever, so after ``lost_workers_timeout`` seconds without a
+worker the run stops with one line (:class:`~schemas.errors.WorkersLostError`).
+The engine keeps a bounded window of tasks in flight. The run's shared data (plan,
 source, states) is scattered once per round to every worker. Tasks whose
 worker dies are rescheduled by the scheduler (``allowed-failures``) and, if
 they still fail, retried by the engine.
@@ -22,14 +26,12 @@ Examples
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flow.executors.base import Executor
 from schemas.errors import BackendUnavailableError, SchedulerUnreachableError, WorkersLostError
-
-if TYPE_CHECKING:
-    from distributed import as_completed
 
 __all__ = ["DistributedExecutor"]
 
@@ -50,22 +52,29 @@ class DistributedExecutor(Executor):
     connect_timeout
         Seconds a scheduler address has to answer before a one-line
         :class:`~schemas.errors.SchedulerUnreachableError`.
+    lost_workers_timeout
+        Seconds a cluster may have no worker at all before the run stops.
     """
+
+    #: Seconds between health checks of the cluster while waiting for tasks.
+    poll_seconds = 2.0
 
     name = "distributed"
 
     def __init__(self, address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1,
-                 client: Any = None, processes: bool = True, connect_timeout: float = 10.0) -> None:
+                 client: Any = None, processes: bool = True, connect_timeout: float = 10.0,
+                 lost_workers_timeout: float = 30.0) -> None:
         self.address = address
         self.connect_timeout = float(connect_timeout)
+        self.lost_workers_timeout = float(lost_workers_timeout)
+        self._no_workers_since: float | None = None
         self.n_workers = n_workers
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self._client = client
         self._own_client = client is None
         self._cluster: Any = None  # LocalCluster or dask_cuda's LocalCUDACluster
-        self._ac: as_completed | None = None
-        self._futures: dict[Any, Any] = {}
+        self._futures: dict[Any, Any] = {}  # future key -> (task key, future)
         self._gpu_resources = False
 
     @property
@@ -107,57 +116,100 @@ class DistributedExecutor(Executor):
         return any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values())
 
     def share(self, value: Any) -> Any:
-        # One copy per worker instead of one per task.
-        return self.client.scatter(value, broadcast=True, hash=False)
+        # One copy per worker instead of one per task; kept on the host too, because a worker that
+        # dies takes its copy with it and the scheduler then cancels every task that needs it.
+        return _Shared(value, self.client.scatter(value, broadcast=True, hash=False))
 
     def submit(self, key: Any, fn: Callable, *args: Any, gpu: bool = False) -> None:
-        from distributed import as_completed
-
         resources = {"GPU": 1} if gpu and self._gpu_resources else None
+        args = tuple(self._refresh(a) if isinstance(a, _Shared) else a for a in args)
         future = self.client.submit(fn, *args, pure=False, resources=resources)
-        self._futures[future.key] = key
-        if self._ac is None:
-            self._ac = as_completed([future])
-        else:
-            self._ac.add(future)
+        self._futures[future.key] = (key, future)
 
-    def next_done(self) -> tuple[Any, bool, Any]:
-        assert self._ac is not None
-        future = next(self._ac)
-        key = self._futures.pop(future.key)
+    def _refresh(self, shared: _Shared) -> Any:
+        if shared.future.status in ("cancelled", "lost", "error"):
+            shared.future = self.client.scatter(shared.value, broadcast=True, hash=False)
+        return shared.future
+
+    def _wait_one(self, timeout: float | None):
+        from distributed import wait
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = self.poll_seconds if deadline is None else max(0.0, min(self.poll_seconds,
+                                                                           deadline - time.monotonic()))
+            futures = [f for _, f in self._futures.values()]
+            try:
+                done, _ = wait(futures, timeout=step, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            except Exception:  # wait() raises for cancelled futures: those are finished too, badly
+                done = {f for f in futures if f.status in ("cancelled", "lost", "error")}
+            if done:
+                return next(iter(done))
+            self._check_cluster()
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def next_done(self, timeout: float | None = None) -> tuple[Any, bool, Any] | None:
+        if not self._futures:
+            return None
+        future = self._wait_one(timeout)
+        if future is None:
+            return None
+        key, _ = self._futures.pop(future.key)
         try:
             if future.status == "finished":
                 return key, True, future.result()
             exc = future.exception() if future.status == "error" else None
             if exc is None or type(exc).__name__ in ("KilledWorker", "CancelledError", "FutureCancelledError"):
-                self._check_cluster()
+                self._await_workers()
                 exc = RuntimeError(f"task {future.status}: {type(exc).__name__ if exc else 'no result'} "
                                    "(its worker died or the connection to it dropped)")
             return key, False, exc
         finally:
             future.release()  # the result now lives in the driver only
 
-    def _check_cluster(self) -> None:
-        """Raise one clear error when the cluster can no longer run anything (no workers, no scheduler)."""
+    def _await_workers(self) -> None:
+        """Block until the cluster has a worker again, or raise WorkersLostError after the grace period."""
+        while True:
+            self._check_cluster()
+            if self._no_workers_since is None:
+                return
+            time.sleep(min(self.poll_seconds, 0.5))
+
+    def _check_cluster(self, grace: bool = True) -> None:
+        """Raise one clear error when the cluster can no longer run anything (no workers, no scheduler).
+
+        With ``grace``, a cluster without workers gets ``lost_workers_timeout``
+        seconds for new ones to join (a nanny restarting one, an autoscaler).
+        """
         where = f"--scheduler {self.address or 'local'}"
+        if self._client is None or self._client.status in ("closed", "closing"):
+            raise SchedulerUnreachableError(where, "lost the connection to the scheduler",
+                                            "restart the scheduler and re-run the same command to resume")
         try:
-            info = self._client.scheduler_info()
+            workers = self._client.scheduler_info().get("workers", {})
         except Exception as exc:  # the scheduler itself is gone
             raise SchedulerUnreachableError(where, f"lost the connection to the scheduler ({type(exc).__name__})",
                                             "restart the scheduler and re-run the same command to resume") from None
-        if not info.get("workers") and self._cluster is None:
-            raise WorkersLostError(where, "every dask worker died; the scheduler has none left",
-                                   "look at the workers' logs (memory limit?), start workers, then re-run the same "
-                                   "command to resume")
-        if self._cluster is not None and not info.get("workers"):
-            raise WorkersLostError(where, "every worker of the local cluster died",
-                                   "lower --workers or the chunk size (memory?), then re-run the same command to "
-                                   "resume")
+        if workers:
+            self._no_workers_since = None
+            return
+        now = time.monotonic()
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        if grace and now - self._no_workers_since < self.lost_workers_timeout:
+            return
+        fix = ("look at the workers' logs (memory limit?), start workers, then re-run the same command to resume"
+               if self._cluster is None else
+               "lower --workers or the chunk size (memory?), then re-run the same command to resume")
+        raise WorkersLostError(where, f"every dask worker died; none came back within "
+                               f"{self.lost_workers_timeout:g} s", fix)
 
     def close(self) -> None:
-        for_cancel = list(self._futures)
+        for_cancel = [f for _, f in self._futures.values()]
         self._futures.clear()
-        self._ac = None
         if self._client is not None and for_cancel:
             try:
                 self._client.cancel(for_cancel)
@@ -169,6 +221,14 @@ class DistributedExecutor(Executor):
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+
+
+class _Shared:
+    """A round's shared data: the host value and its scattered future (re-scattered if lost)."""
+
+    def __init__(self, value: Any, future: Any) -> None:
+        self.value = value
+        self.future = future
 
 
 def _connect(address: str, timeout: float):

@@ -33,7 +33,9 @@ class InlineExecutor(Executor):
     def submit(self, key: Any, fn: Callable, *args: Any, gpu: bool = False) -> None:
         self._queue.append((key, fn, args))
 
-    def next_done(self) -> tuple[Any, bool, Any]:
+    def next_done(self, timeout: float | None = None) -> tuple[Any, bool, Any] | None:
+        if not self._queue:
+            return None  # nothing submitted: nothing will ever finish
         key, fn, args = self._queue.popleft()
         try:
             return key, True, fn(*args)

@@ -46,8 +46,12 @@ class ThreadExecutor(Executor):
         assert self._pool is not None
         self._futures[self._pool.submit(fn, *args)] = key
 
-    def next_done(self) -> tuple[Any, bool, Any]:
-        done, _ = wait(list(self._futures), return_when=FIRST_COMPLETED)
+    def next_done(self, timeout: float | None = None) -> tuple[Any, bool, Any] | None:
+        if not self._futures:
+            return None
+        done, _ = wait(list(self._futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        if not done:
+            return None
         future = next(iter(done))
         key = self._futures.pop(future)
         exc = future.exception()

@@ -387,3 +387,44 @@ def test_summary_counts_scan_frames_and_passes(cube, tmp_path, capsys):
     assert main(["run", str(three), "-i", str(cube[0]), "-o", str(tmp_path / "r.zarr"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "30 scan frames x 3 passes" in out and "90 scan frames" not in out
+
+
+# -- 10. the last dask worker dying ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_losing_every_worker_is_one_line(cube, tmp_path):
+    """An external scheduler whose only worker is killed mid-run: one line, not a hang or 'NoneType: None'."""
+    import threading
+
+    from flow.executors.distributed import DistributedExecutor
+    from schemas.errors import WorkersLostError
+    from tests.flow.engine_fixtures import Slow
+
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+                                  str(scheduler_file)], env=env, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        for _ in range(100):
+            if scheduler_file.exists() and scheduler_file.stat().st_size:
+                break
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--no-nanny",
+                                   "--nthreads", "1"], env=env, stderr=subprocess.DEVNULL)
+        executor = DistributedExecutor(address=address, lost_workers_timeout=3)
+        executor.poll_seconds = 0.5
+        threading.Timer(4.0, worker.kill).start()
+        t0 = time.perf_counter()
+        with pytest.raises(WorkersLostError, match="every dask worker died"):
+            run_pipeline(Pipeline([Slow(delay=0.4)]), cube[0], tmp_path / "r.zarr", executor=executor,
+                         chunk_frames=1)
+        assert time.perf_counter() - t0 < 60
+        executor.close()
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.kill()
+                proc.wait()

@@ -1,9 +1,15 @@
 """PNG pictures of a crystal map: IPF orientation map, confidence, fit and phase maps.
 
-Not-indexed points are black in every picture. The IPF map colours each
-phase with orix's :class:`~orix.plot.IPFColorKeyTSL` for its point group and
-the chosen sample direction, and draws the colour key (one per Laue group
-present) beside the map. Figures are made with matplotlib's object API (no
+Not-indexed points are black in every picture, and a legend entry says so
+with their share of the map. Given a confidence threshold, points whose
+solution is below it count as not indexed in the IPF, fit and phase maps; the
+confidence map shows every solution's confidence and marks the threshold on
+its colour bar. The confidence and fit colour maps never come near black
+(:func:`property_colormap`), so a poor point is never mistaken for a
+not-indexed one. The IPF map colours each phase with orix's
+:class:`~orix.plot.IPFColorKeyTSL` for its point group and the chosen sample
+direction, and draws the colour key (one per Laue group present) beside the
+map. Figures are made with matplotlib's object API (no
 pyplot state, no display needed) and written under a temporary name, then
 renamed.
 
@@ -32,10 +38,21 @@ from flow.exporters._common import atomic_write, check_output
 from schemas.errors import SchemaError
 
 __all__ = ["ipf_rgb", "plot_ipf_map", "plot_property_map", "plot_phase_map", "write_crystal_map_pngs",
-           "png_paths", "IPF_DIRECTIONS"]
+           "png_paths", "property_colormap", "IPF_DIRECTIONS", "NOT_INDEXED_COLOR", "PROPERTY_COLORMAPS"]
 
 IPF_DIRECTIONS = ("x", "y", "z")
-_NOT_INDEXED = (0.0, 0.0, 0.0)
+#: Colour of not-indexed points in every picture (as OIM and AZtec draw them).
+NOT_INDEXED_COLOR = (0.0, 0.0, 0.0)
+_NOT_INDEXED = NOT_INDEXED_COLOR
+#: Colour map of each property picture: ``(matplotlib map, start, reversed)``.
+#: The dark start of viridis and plasma is cut off, so that every colour keeps
+#: a relative luminance of at least 0.1 (black has 0; uncut, both maps go down
+#: to 0.02 and their worst values looked like not-indexed points). Good values
+#: are bright: high confidence is yellow-green, low fit yellow.
+PROPERTY_COLORMAPS: dict[str, tuple[str, float, bool]] = {
+    "confidence": ("viridis", 0.3, False),
+    "fit": ("plasma", 0.35, True),
+}
 
 
 def _direction(direction: str):
@@ -77,6 +94,38 @@ def ipf_rgb(xmap, direction: str = "z") -> np.ndarray:
         key = IPFColorKeyTSL(phase.point_group, direction=vector)
         rgb[points] = key.orientation2color(Orientation(quat[points], symmetry=phase.point_group))
     return np.clip(rgb, 0, 1).reshape(ny, nx, 3)
+
+
+def property_colormap(name: str):
+    """The colour map a property picture uses (:data:`PROPERTY_COLORMAPS`; viridis' upper 70 % otherwise).
+
+    Not-indexed (masked) values are drawn in :data:`NOT_INDEXED_COLOR`.
+
+    Examples
+    --------
+    >>> cmap = property_colormap("fit")
+    >>> cmap.name, [round(float(v), 2) for v in cmap(1.0)[:3]]
+    ('plasma[0.35:1]_r', [0.63, 0.11, 0.61])
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    base, start, flip = PROPERTY_COLORMAPS.get(name, ("viridis", 0.3, False))
+    colors = colormaps[base](np.linspace(start, 1.0, 256))
+    cmap = ListedColormap(colors[::-1] if flip else colors, name=f"{base}[{start:g}:1]" + ("_r" if flip else ""))
+    return cmap.with_extremes(bad=NOT_INDEXED_COLOR)
+
+
+def _not_indexed_label(n_not: int, total: int, min_confidence: float | None, what: str = "not indexed") -> str:
+    share = f"{what} ({100 * n_not / max(total, 1):.1f}%)"
+    return f"{share}: no solution or confidence < {min_confidence:.2f}" if min_confidence else share
+
+
+def _not_indexed_legend(fig, label: str, extra_handles=()) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [*extra_handles, Patch(facecolor=NOT_INDEXED_COLOR, edgecolor="k", label=label)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), frameon=False)
 
 
 def _figure(shape: tuple[int, int], extra_width: float = 0.0):
@@ -133,8 +182,9 @@ def _draw_color_key(ax, point_group, n: int = 300) -> None:
     ax.imshow(rgba.reshape(n, n, 4), extent=(xs[0], xs[-1], ys[0], ys[-1]), origin="lower", zorder=0)
 
 
-def plot_ipf_map(xmap, path: str | os.PathLike, direction: str = "z", overwrite: bool = False) -> Path:
-    """IPF-coloured orientation map with its colour key(s) beside it.
+def plot_ipf_map(xmap, path: str | os.PathLike, direction: str = "z", overwrite: bool = False,
+                 min_confidence: float | None = None) -> Path:
+    """IPF-coloured orientation map with its colour key(s) beside it and a not-indexed legend.
 
     Parameters
     ----------
@@ -146,7 +196,21 @@ def plot_ipf_map(xmap, path: str | os.PathLike, direction: str = "z", overwrite:
         Sample direction of the inverse pole figure: ``x``, ``y`` or ``z``.
     overwrite
         Replace an existing file.
+    min_confidence
+        Points below this confidence are drawn as not indexed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from orix.crystal_map import CrystalMap, Phase, PhaseList
+    >>> from orix.quaternion import Rotation
+    >>> xmap = CrystalMap(Rotation.random(4), phase_list=PhaseList(Phase("ni", point_group="m-3m")))
+    >>> plot_ipf_map(xmap, pathlib.Path(tempfile.mkdtemp()) / "ipf.png").name
+    'ipf.png'
     """
+    from flow.crystal_map import apply_min_confidence
+
+    xmap = apply_min_confidence(xmap, min_confidence)
     import orix.plot  # noqa: F401  (registers the "ipf" projection)
     from matplotlib.axes import Axes
 
@@ -170,12 +234,14 @@ def plot_ipf_map(xmap, path: str | os.PathLike, direction: str = "z", overwrite:
                            and p.point_group.laue.name == point_group.laue.name)
         key_ax.set_title(f"IPF-{direction.upper()} key ({point_group.laue.name})", fontsize=9, pad=22)
         Axes.text(key_ax, 0.5, -0.12, names, transform=key_ax.transAxes, ha="center", va="top", fontsize=8)
+    ids = np.asarray(xmap.phase_id)
+    _not_indexed_legend(fig, _not_indexed_label(int((ids < 0).sum()), ids.size, min_confidence))
     return _save(fig, Path(path), overwrite)
 
 
-def plot_property_map(xmap, name: str, path: str | os.PathLike, label: str | None = None, cmap: str = "gray",
-                      overwrite: bool = False) -> Path:
-    """A scalar property map (``confidence``, ``fit``...) with a colour bar; not-indexed points black.
+def plot_property_map(xmap, name: str, path: str | os.PathLike, label: str | None = None, cmap: str | None = None,
+                      overwrite: bool = False, min_confidence: float | None = None) -> Path:
+    """A scalar property map (``confidence``, ``fit``...) with a colour bar and a not-indexed legend.
 
     Parameters
     ----------
@@ -189,26 +255,58 @@ def plot_property_map(xmap, name: str, path: str | os.PathLike, label: str | Non
     label
         Colour-bar label.
     cmap
-        Matplotlib colour map.
+        Matplotlib colour map name; default :func:`property_colormap` (never
+        near black, the not-indexed colour).
     overwrite
         Replace an existing file.
+    min_confidence
+        Confidence threshold. The confidence map still shows every solution
+        and marks the threshold on its colour bar; other properties draw the
+        points below it as not indexed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from orix.crystal_map import CrystalMap, Phase, PhaseList
+    >>> from orix.quaternion import Rotation
+    >>> xmap = CrystalMap(Rotation.identity(4), phase_list=PhaseList(Phase("ni", point_group="m-3m")),
+    ...                   prop={"confidence": np.array([0.0, 0.3, 0.6, 0.9])})
+    >>> plot_property_map(xmap, "confidence", pathlib.Path(tempfile.mkdtemp()) / "ci.png", min_confidence=0.1).name
+    'ci.png'
     """
     from matplotlib import colormaps
 
-    from flow.crystal_map import crystal_map_grid
+    from flow.crystal_map import apply_min_confidence, crystal_map_grid, find_property
 
-    grid = crystal_map_grid(xmap)
+    is_confidence = name == "confidence" or find_property([name], "confidence") is not None
+    grid = crystal_map_grid(xmap if is_confidence else apply_min_confidence(xmap, min_confidence))
     shape = grid["phase_id"].shape
     values = grid.get(name, grid["properties"].get(name))
     if values is None:
         values = np.full(shape, np.nan)
-    values = np.ma.masked_invalid(np.where(grid["phase_id"] >= 0, values, np.nan).astype(float))
-    colormap = colormaps[cmap].with_extremes(bad="black")
+    not_indexed = grid["phase_id"] < 0
+    values = np.ma.masked_invalid(np.where(not_indexed, np.nan, values).astype(float))
+    colormap = (property_colormap(name) if cmap is None
+                else colormaps[cmap].with_extremes(bad=NOT_INDEXED_COLOR))
     fig = _figure(shape, extra_width=1.0)
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap=colormap, interpolation="nearest", extent=_extent(xmap, shape))
-    fig.colorbar(image, ax=ax, label=label or name, shrink=0.8)
-    _style_map_axes(ax, xmap, f"{name.replace('_', ' ')} (not indexed: black)")
+    bar = fig.colorbar(image, ax=ax, label=label or name, shrink=0.8)
+    _style_map_axes(ax, xmap, name.replace("_", " "))
+    total = int(not_indexed.size)
+    if is_confidence:
+        handles = []
+        if min_confidence:
+            from matplotlib.lines import Line2D
+
+            low, high = image.get_clim()
+            image.set_clim(min(low, min_confidence), max(high, min_confidence))  # keep the line on the bar
+            bar.ax.axhline(min_confidence, color="red", linewidth=2)
+            handles.append(Line2D([], [], color="red", linewidth=2,
+                                  label=f"threshold {min_confidence:.2f}: below it not indexed in the other maps"))
+        _not_indexed_legend(fig, _not_indexed_label(int(not_indexed.sum()), total, None, "no solution"), handles)
+    else:
+        _not_indexed_legend(fig, _not_indexed_label(int(not_indexed.sum()), total, min_confidence))
     return _save(fig, Path(path), overwrite)
 
 
@@ -232,12 +330,35 @@ def _distinct_colors(colors: list[str | None]) -> list[tuple[float, float, float
     return out
 
 
-def plot_phase_map(xmap, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Phase map with a legend (name and area fraction per phase); not-indexed points black."""
+def plot_phase_map(xmap, path: str | os.PathLike, overwrite: bool = False,
+                   min_confidence: float | None = None) -> Path:
+    """Phase map with a legend (name and area fraction per phase, not indexed in black).
+
+    Parameters
+    ----------
+    xmap
+        Crystal map.
+    path
+        Output PNG.
+    overwrite
+        Replace an existing file.
+    min_confidence
+        Points below this confidence are drawn as not indexed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from orix.crystal_map import CrystalMap, Phase, PhaseList
+    >>> from orix.quaternion import Rotation
+    >>> xmap = CrystalMap(Rotation.identity(2), phase_list=PhaseList(Phase("ni", point_group="m-3m")))
+    >>> plot_phase_map(xmap, pathlib.Path(tempfile.mkdtemp()) / "phase.png").name
+    'phase.png'
+    """
     from matplotlib.patches import Patch
 
-    from flow.crystal_map import crystal_map_grid
+    from flow.crystal_map import apply_min_confidence, crystal_map_grid
 
+    xmap = apply_min_confidence(xmap, min_confidence)
     grid = crystal_map_grid(xmap)
     ids = grid["phase_id"]
     rgb = np.zeros(ids.shape + (3,))
@@ -251,7 +372,7 @@ def plot_phase_map(xmap, path: str | os.PathLike, overwrite: bool = False) -> Pa
         handles.append(Patch(facecolor=color, edgecolor="k",
                              label=f"{phase.name or f'phase {phase_id}'} ({100 * points.sum() / total:.1f}%)"))
     n_not = int((ids < 0).sum())
-    handles.append(Patch(facecolor=_NOT_INDEXED, edgecolor="k", label=f"not indexed ({100 * n_not / total:.1f}%)"))
+    handles.append(Patch(facecolor=_NOT_INDEXED, edgecolor="k", label=_not_indexed_label(n_not, total, min_confidence)))
     fig = _figure(ids.shape)
     ax = fig.add_subplot()
     ax.imshow(rgb, interpolation="nearest", extent=_extent(xmap, ids.shape))
@@ -274,7 +395,7 @@ def png_paths(base: str | os.PathLike) -> dict[str, Path]:
 
 
 def write_crystal_map_pngs(xmap, base: str | os.PathLike, ipf_direction: str = "z",
-                           overwrite: bool = False) -> list[Path]:
+                           overwrite: bool = False, min_confidence: float | None = None) -> list[Path]:
     """Write ``BASE_ipf.png``, ``BASE_confidence.png``, ``BASE_fit.png`` and ``BASE_phase.png``.
 
     Parameters
@@ -288,6 +409,9 @@ def write_crystal_map_pngs(xmap, base: str | os.PathLike, ipf_direction: str = "
     overwrite
         Replace existing pictures; without it, any existing picture stops the
         export before anything is written.
+    min_confidence
+        Points below this confidence are drawn as not indexed (the
+        confidence map marks the threshold instead); ``None`` for none.
 
     Returns
     -------
@@ -299,8 +423,9 @@ def write_crystal_map_pngs(xmap, base: str | os.PathLike, ipf_direction: str = "
     for path in paths.values():
         check_output(path, overwrite)
     return [
-        plot_ipf_map(xmap, paths["ipf"], ipf_direction, overwrite),
-        plot_property_map(xmap, "confidence", paths["confidence"], "confidence index", "viridis", overwrite),
-        plot_property_map(xmap, "fit", paths["fit"], "mean angular deviation (°)", "plasma_r", overwrite),
-        plot_phase_map(xmap, paths["phase"], overwrite),
+        plot_ipf_map(xmap, paths["ipf"], ipf_direction, overwrite, min_confidence),
+        plot_property_map(xmap, "confidence", paths["confidence"], "confidence index", None, overwrite,
+                          min_confidence),
+        plot_property_map(xmap, "fit", paths["fit"], "mean angular deviation (°)", None, overwrite, min_confidence),
+        plot_phase_map(xmap, paths["phase"], overwrite, min_confidence),
     ]

@@ -3,8 +3,11 @@
 The picture follows from an output's dimensions: a scan map
 ``(scan_y, scan_x)`` becomes an image, a stack of virtual images
 ``(scan_y, scan_x, mask)`` a panel per mask, a detector-shaped reduction
-``(det_y, det_x)`` a pattern, and a ``decomposition`` product a scree plot
-with factors and loading maps. Frame-shaped outputs (corrected patterns) are
+``(det_y, det_x)`` a pattern, a ``decomposition`` product a scree plot
+with factors and loading maps, and a ``crystal_map`` product the pictures
+``diffraflow export X.png`` draws (IPF map with its colour key, confidence,
+fit and phase maps; points below the default confidence threshold count as
+not indexed). Frame-shaped outputs (corrected patterns) are
 not drawn: they are cubes, not pictures.
 
 Examples
@@ -42,6 +45,16 @@ def _labels_for(record: dict[str, Any], spec_attrs: dict[str, Any] | None, det_s
     except Exception:  # labels are a nicety: fall back to numbers rather than fail the pictures
         pass
     return [f"mask {i}" for i in range(n)]
+
+
+def _crystal_map_pictures(results, key: str, step: dict[str, Any], base: str, overwrite: bool) -> list[Path]:
+    """The four crystal-map pictures of one step, as ``diffraflow export BASE.png`` draws them."""
+    from flow.crystal_map import MIN_CONFIDENCE, read_crystal_map
+    from flow.plots_crystal import write_crystal_map_pngs
+
+    min_confidence = float(step.get("min_confidence", MIN_CONFIDENCE))
+    return write_crystal_map_pngs(read_crystal_map(results, key), base, overwrite=overwrite,
+                                  min_confidence=min_confidence)
 
 
 def plot_result_store(results: str | os.PathLike, prefix: str | os.PathLike,
@@ -82,6 +95,9 @@ def plot_result_store(results: str | os.PathLike, prefix: str | os.PathLike,
             continue
         sub = group[step_name]
         names = list(step.get("variables", sub.array_keys()))
+        if step.get("product") == "crystal_map":
+            written.extend(_crystal_map_pictures(results, step_name, step, f"{prefix}_{step_name}", overwrite))
+            continue
         if step.get("product") == "decomposition" and {"factors", "loadings"} <= set(names):
             written.append(plots.plot_decomposition(
                 sub["factors"][...], sub["loadings"][...], f"{prefix}_{step_name}.png",

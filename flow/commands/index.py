@@ -12,11 +12,19 @@ present, else ``detector.pc``, in ``detector.pc_convention``) unless ``--pc``
 overrides it; the detector's sample tilt, camera tilt and azimuthal angle come
 from the cube metadata. A static background stored in the cube
 (``static_background``) is subtracted unless ``--no-static-background``.
+
+The store keeps every solution with its confidence. The summary counts as
+indexed only the points whose confidence reaches ``--min-confidence``
+(default :data:`flow.crystal_map.MIN_CONFIDENCE`, chosen by measurement), the
+value ``diffraflow export`` then applies. The numba kernels are compiled (or
+loaded from numba's cache) before the clock starts, with a word when that
+takes long, so the reported rate is the indexing rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -56,6 +64,9 @@ def register(subparsers) -> None:
                         help="compute backend (default auto: CUDA when available)")
     parser.add_argument("--n-bands", type=int, default=None,
                         help="bands to detect per pattern (default: the indexer's)")
+    parser.add_argument("--min-confidence", type=float, default=None, metavar="CI",
+                        help="count (and later export) points whose confidence is below CI as not indexed; the "
+                             "store keeps every solution (default 0.10; 0 counts every solution)")
     parser.add_argument("--static-background", action=argparse.BooleanOptionalAction, default=True,
                         help="subtract the cube's static_background variable when present (default yes)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -108,11 +119,45 @@ def _block_rows(shape: tuple[int, ...], chunk_rows: int, itemsize: int) -> int:
     return int(min(ny, max(1, rows)))
 
 
+def _geq() -> str:
+    """``≥`` where the terminal can print it, else ``>=``."""
+    try:
+        "≥".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return ">="
+    return "≥"
+
+
+def _say(message: str) -> None:
+    print(f"{message}...", file=sys.stderr, flush=True)
+
+
+def summary_line(path, n_indexed: int, n_below: int, n: int, min_confidence: float, phases: str, backend: str,
+                 seconds: float) -> str:
+    """The line ``diffraflow index`` ends with.
+
+    Examples
+    --------
+    >>> summary_line("cm.zarr", 391, 9, 400, 0.1, "ni", "cpu", 0.2).replace("≥", ">=")
+    'cm.zarr: indexed 391 of 400 patterns (97.8%) with confidence >= 0.10 (9 more below it) against ni on cpu in 0.2 s (2000 patterns/s)'
+    """
+    below = f" ({n_below} more below it)" if n_below else ""
+    return (f"{path}: indexed {n_indexed} of {n} patterns ({100 * n_indexed / max(n, 1):.1f}%) with confidence "
+            f"{_geq()} {min_confidence:.2f}{below} against {phases} on {backend} in {seconds:.1f} s "
+            f"({n / max(seconds, 1e-9):.0f} patterns/s)")
+
+
 def run(args) -> int:
     from kikuchipy.detectors import EBSDDetector
     from tqdm import tqdm
 
-    from flow.crystal_map import CrystalMapStoreWriter, phase_records_from_phase_list
+    from flow.commands.export import check_min_confidence
+    from flow.crystal_map import (
+        MIN_CONFIDENCE,
+        CrystalMapStoreWriter,
+        count_indexed,
+        phase_records_from_phase_list,
+    )
     from flow.exporters._common import check_output
     from flow.plots_crystal import png_paths
     from flow.store import open_cube, prepare_output_path
@@ -120,6 +165,8 @@ def run(args) -> int:
     from schemas.cube import validate_scan_attrs
 
     where = str(args.input)
+    check_min_confidence(args.min_confidence)
+    min_confidence = MIN_CONFIDENCE if args.min_confidence is None else float(args.min_confidence)
     out_final, _ = prepare_output_path(args.output, args.overwrite)  # fail before any work
     base = out_final.with_suffix("") if out_final.suffix == ".zarr" else out_final
     if args.png:
@@ -150,19 +197,25 @@ def run(args) -> int:
     records, mapping = phase_records_from_phase_list(phase_list)
     if mapping != {i: i for i in range(len(records))}:  # built with ids 0..n-1 above
         raise AssertionError(f"unexpected phase ids {mapping}")
+    pc_used = np.asarray(pc).reshape(-1, 3).mean(axis=0).round(6).tolist()
     extra = {
         "source": str(Path(args.input).absolute()),
-        "projection_centre": {"value": np.asarray(pc).reshape(-1, 3).mean(axis=0).round(6).tolist(),
+        "projection_centre": {"value": pc_used,
                               "convention": convention, "source": pc_source, "per_point": bool(per_point_pc)},
         "indexer": {"class": "operators.indexing.HoughIndexer", "backend": indexer.backend,
                     **{k: v for k, v in indexer.options.items() if k != "backend"},
                     "static_background": background is not None},
+        "min_confidence": min_confidence,
     }
     stored = patterns.encoding.get("shards") or patterns.encoding.get("chunks") or (1,)
     chunk_rows = int(stored[0])
     rows = _block_rows((ny, nx, sy, sx), chunk_rows, patterns.dtype.itemsize)
+    compile_seconds = indexer.warm_up(patterns.dtype, notify=_say)  # before the clock: rates leave it out
+    if compile_seconds is not None:
+        print(f"compiled the kernels in {compile_seconds:.0f} s; later runs load them from numba's cache",
+              file=sys.stderr, flush=True)
     start = time.perf_counter()
-    n_indexed = 0
+    n_indexed = n_below = 0
     with CrystalMapStoreWriter(args.output, (ny, nx), records, scan_attrs=scan, operator="hough_index",
                                overwrite=args.overwrite, extra_attrs=extra) as writer, \
             tqdm(total=ny * nx, unit="pat", desc="indexing", disable=None, leave=False) as bar:
@@ -172,7 +225,8 @@ def run(args) -> int:
             flat = block.reshape(-1, sy, sx)
             nav = np.arange(y0 * nx, y1 * nx) if per_point_pc else None
             result = indexer.index_chunk(flat, nav_indices=nav)
-            n_indexed += int(np.count_nonzero(result["phase_id"] >= 0))
+            counts = count_indexed(result["phase_id"], result["confidence"], min_confidence)
+            n_indexed, n_below = n_indexed + counts[0], n_below + counts[1]
             writer.write_rows(y0, {
                 "rotation": result["quaternion"],
                 "phase_id": result["phase_id"],
@@ -185,13 +239,17 @@ def run(args) -> int:
         path = writer.finalize()
     seconds = time.perf_counter() - start
     n = ny * nx
-    print(f"{path}: indexed {n_indexed} of {n} patterns ({100 * n_indexed / n:.1f}%) against "
-          f"{', '.join(p.name for _, p in phase_list)} on {indexer.backend} in {seconds:.1f} s "
-          f"({n / max(seconds, 1e-9):.0f} patterns/s)")
+    print(summary_line(path, n_indexed, n_below, n, min_confidence, ", ".join(p.name for _, p in phase_list),
+                       indexer.backend, seconds))
+    if n_below > n_indexed:
+        print(f"most solutions have a confidence below {min_confidence:.2f}: check the projection centre "
+              f"(used {pc_used}, {convention}; set it with --pc) and the phases",
+              file=sys.stderr)
     if args.png:
         from flow.crystal_map import read_crystal_map
         from flow.plots_crystal import write_crystal_map_pngs
 
-        for picture in write_crystal_map_pngs(read_crystal_map(path), base, overwrite=args.overwrite):
+        for picture in write_crystal_map_pngs(read_crystal_map(path), base, overwrite=args.overwrite,
+                                              min_confidence=min_confidence):
             print(picture)
     return 0

@@ -63,8 +63,14 @@ def exporter_for(path: str | os.PathLike) -> Callable[..., Any]:
 
 
 def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
-                       metadata: Mapping[str, Any] | None = None, ipf_direction: str = "z") -> list[Path]:
+                       metadata: Mapping[str, Any] | None = None, ipf_direction: str = "z",
+                       min_confidence: float | None = None) -> list[Path]:
     """Export an orix ``CrystalMap`` to ``path`` by its extension; return the files written.
+
+    Points whose confidence is below ``min_confidence`` are written as not
+    indexed, in each format's own way: ``.ang`` phase 0, CI -1, fit 180 and
+    Euler angles 4 pi; ``.ctf`` phase 0 with error code 3 (no solution); orix
+    ``.h5`` phase id -1; pictures draw them black, as not indexed.
 
     Parameters
     ----------
@@ -79,8 +85,26 @@ def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
         Scan metadata for vendor headers.
     ipf_direction
         Sample direction of the IPF picture (``.png`` only).
+    min_confidence
+        Confidence threshold (``None``: every solution counts; the command line
+        uses :data:`flow.crystal_map.MIN_CONFIDENCE`).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from orix.crystal_map import CrystalMap, Phase, PhaseList
+    >>> from orix.quaternion import Rotation
+    >>> xmap = CrystalMap(Rotation.identity(2), phase_list=PhaseList(Phase("ni", point_group="m-3m")),
+    ...                   prop={"confidence": np.array([0.5, 0.02])})
+    >>> out = export_crystal_map(xmap, pathlib.Path(tempfile.mkdtemp()) / "m.ang", min_confidence=0.1)[0]
+    >>> [line.split()[6:8] for line in out.read_text().splitlines() if not line.startswith("#")]
+    [['0.5000', '1'], ['-1.0000', '0']]
     """
+    from flow.crystal_map import apply_min_confidence
+
     writer = exporter_for(path)
     if Path(path).suffix.lower() == ".png":
-        return list(writer(xmap, path, ipf_direction=ipf_direction, overwrite=overwrite))
-    return [writer(xmap, path, overwrite=overwrite, metadata=metadata)]
+        return list(writer(xmap, path, ipf_direction=ipf_direction, overwrite=overwrite,
+                           min_confidence=min_confidence))
+    return [writer(apply_min_confidence(xmap, min_confidence), path, overwrite=overwrite, metadata=metadata)]

@@ -184,8 +184,7 @@ def index_filtered(indexer, filt_host: np.ndarray, pcs: np.ndarray) -> dict[str,
 
     out = indexer._empty_outputs(filt_host.shape[2])
     if filt_host.shape[2]:
-        index_filtered_cpu(filt_host, indexer.valid, indexer.plan.rho_step, *indexer._voting_args(pcs),
-                           *out.values())
+        index_filtered_cpu(*indexer._filtered_args(filt_host, pcs, out))
     return out
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,11 +153,50 @@ class HoughIndex(Operator):
         }
 
     def result_attrs(self, spec: InputSpec) -> dict[str, Any]:
-        """The ``phases`` of the crystal map (ids as in ``phase_id``)."""
+        """The crystal map's ``phases`` (ids as in ``phase_id``), source ``scan`` and ``projection_centre``.
+
+        The same record entries as ``diffraflow index`` writes, so exported
+        ``.ang``/``.ctf`` headers carry the beam energy, tilt and the PC used
+        (the mean PC when it varies per point).
+
+        Examples
+        --------
+        >>> attrs = {"modality": "ebsd", "beam_energy_kv": 20, "detector": {"shape": [60, 60],
+        ...          "pc": [0.42, 0.22, 0.5], "pc_convention": "bruker"}}
+        >>> rec = HoughIndex(phases=("ni",)).result_attrs(InputSpec((2, 3), (60, 60), np.dtype("uint8"), attrs))
+        >>> rec["phases"][0]["name"], rec["scan"]["beam_energy_kv"], rec["projection_centre"]["value"]
+        ('ni', 20, [0.42, 0.22, 0.5])
+        """
         from operators.crystallography.phases import phase_to_record
 
         phase_list = self._phase_list(spec)
-        return {"phases": [{**phase_to_record(phase), "id": int(i)} for i, phase in phase_list]}
+        pc, convention = self._pc_and_convention(spec)
+        source = "pc parameter" if self.pc is not None else "cube detector.pc"
+        if self.pc is None and self.per_point_pc is not None:
+            pc = tuple(np.asarray(self.per_point_pc[...], dtype=np.float64).reshape(-1, 3).mean(axis=0))
+            source = "cube variable pc (per point)"
+        return {
+            "phases": [{**phase_to_record(phase), "id": int(i)} for i, phase in phase_list],
+            "scan": dict(spec.attrs) if spec.attrs else None,
+            "projection_centre": {"value": [round(float(v), 6) for v in pc], "convention": convention,
+                                  "source": source, "per_point": self.pc is None and self.per_point_pc is not None},
+        }
+
+    def warm_up(self, spec: InputSpec, backend: str, notify: Callable[[str], None]) -> None:
+        """Compile the numba kernels on a tiny indexer before the run is timed.
+
+        ``notify`` hears :data:`~operators.indexing.indexer.COMPILE_MESSAGE`
+        first, and only when numba's on-disk cache lacks the kernels for
+        frames of ``spec.dtype`` on this backend (see
+        :meth:`~operators.indexing.HoughIndexer.kernels_cached`).
+
+        Examples
+        --------
+        >>> HoughIndex().warm_up(InputSpec((1, 1), (60, 60), np.dtype("uint8")), "numpy", print)
+        """
+        from operators.indexing.indexer import warm_up_kernels
+
+        warm_up_kernels(spec.dtype, "cuda" if backend == "cupy" else self.backend, notify)
 
     # -- per worker and per chunk --------------------------------------------------
     def setup(self, spec: InputSpec, backend: str = "numpy") -> dict[str, Any]:

@@ -14,6 +14,8 @@ the image stages is in :mod:`operators.indexing.gpu`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,9 +26,38 @@ from operators.indexing.radon import RadonPlan, make_radon_plan
 from operators.indexing.reflectors import ReflectorTable, build_reflector_table
 from schemas.errors import BackendUnavailableError, SchemaError
 
-__all__ = ["HoughIndexer"]
+__all__ = ["HoughIndexer", "COMPILE_MESSAGE", "warm_up_kernels"]
 
 _OUTPUTS = ("quaternion", "phase_id", "fit", "confidence", "pattern_quality", "n_bands")
+#: Said before the numba kernels are compiled. Measured on 2 shared cores:
+#: 38 s for uint8 patterns in a fresh cache, 17 s more for a second dtype;
+#: 150 s was reported on a busier machine. Later runs load them from numba's
+#: on-disk cache in about 0.1 s.
+COMPILE_MESSAGE = "compiling Hough indexing kernels (first run only, about 1 to 3 min)"
+#: Pattern dtypes the CPU kernel is compiled for; others are cast to float32.
+_KERNEL_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
+def _in_numba_cache(dispatcher, args: tuple) -> bool:
+    """Whether ``dispatcher(*args)`` would run without compiling: compiled in this process or in numba's disk cache.
+
+    numba keys its on-disk index (``<module>.<function>-<line>.pyXY.nbi``
+    beside the source, or under ``NUMBA_CACHE_DIR``) by the argument types,
+    the CPU and the function's bytecode, and empties it when the source file
+    changes; asking that index is exact and costs no compilation, where
+    timing a probe call would itself compile. numba's cache classes are not
+    public API: if they change, report "not cached" (the user then reads a
+    needless "compiling" line, never waits in silence).
+    """
+    try:
+        sig = tuple(dispatcher.typeof_pyval(a) for a in args)
+        if sig in dispatcher.overloads:
+            return True
+        cache = dispatcher._cache
+        key = cache._index_key(sig, dispatcher.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:  # private numba API moved: assume the worst, see above
+        return False
 
 
 def _as_phase_list(phase_list):
@@ -344,7 +375,10 @@ class HoughIndexer:
         dict
             ``quaternion`` (n, 4) float64 orix ``(w, x, y, z)`` sample-to-crystal;
             ``phase_id`` (n,) int32 (the ``PhaseList`` id, -1 not indexed);
-            ``fit`` (n,) float32 degrees; ``confidence`` (n,) float32 in [0, 1];
+            ``fit`` (n,) float32 degrees; ``confidence`` (n,) float32 in [0, 1]
+            (the winner's vote margin over the runner-up, in steps of
+            ``1 / (n_bands - 2)``; the command line reports points below
+            :data:`flow.crystal_map.MIN_CONFIDENCE` as not indexed);
             ``pattern_quality`` (n,) float32; ``n_bands`` (n,) int32.
 
         Examples
@@ -397,19 +431,93 @@ class HoughIndexer:
             self._rref, self._rref_w, self._rref_off,
         )
 
+    def _cpu_args(self, pats: np.ndarray, pcs: np.ndarray, out: dict[str, np.ndarray]) -> tuple:
+        """Arguments of :func:`~operators.indexing.kernel.index_patterns_cpu` (also used to ask numba's cache)."""
+        return (
+            pats, self.plan.mask_index, self._bg, self._bg_mode, self._dyn_basis, self._dyn_pinv,
+            self.plan.lut_bin, self.plan.lut_weight, self.plan.inv_count, self.valid,
+            self.k_rho, self.k_theta, self.plan.rho_step, *self._voting_args(pcs), *out.values(),
+        )
+
+    def _filtered_args(self, filt: np.ndarray, pcs: np.ndarray, out: dict[str, np.ndarray]) -> tuple:
+        """Arguments of :func:`~operators.indexing.kernel.index_filtered_cpu` (the CUDA path's CPU stage)."""
+        return (filt, self.valid, self.plan.rho_step, *self._voting_args(pcs), *out.values())
+
     def _index_cpu(self, pats: np.ndarray, pcs: np.ndarray) -> dict[str, np.ndarray]:
         from operators.indexing.kernel import index_patterns_cpu
 
-        if pats.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        if pats.dtype not in _KERNEL_DTYPES:
             pats = pats.astype(np.float32)
         out = self._empty_outputs(pats.shape[0])
         if pats.shape[0]:
-            index_patterns_cpu(
-                pats, self.plan.mask_index, self._bg, self._bg_mode, self._dyn_basis, self._dyn_pinv,
-                self.plan.lut_bin, self.plan.lut_weight, self.plan.inv_count, self.valid,
-                self.k_rho, self.k_theta, self.plan.rho_step, *self._voting_args(pcs), *out.values(),
-            )
+            index_patterns_cpu(*self._cpu_args(pats, pcs, out))
         return out
+
+    # ------------------------------------------------------------- compiling
+    def kernels_cached(self, dtype: Any = np.uint8) -> bool:
+        """Whether indexing patterns of ``dtype`` on this backend needs no numba compilation.
+
+        True when the kernels are compiled in this process already or are in
+        numba's on-disk cache (see :func:`_in_numba_cache`); only argument
+        types matter, not shapes or phases.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kikuchipy.detectors import EBSDDetector
+        >>> from operators.crystallography import get_phase
+        >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((20, 20)), backend="cpu")
+        >>> _ = ix.warm_up("uint8"); ix.kernels_cached("uint8")
+        True
+        """
+        from operators.indexing.kernel import index_filtered_cpu, index_patterns_cpu
+
+        dtype = np.dtype(dtype)
+        pcs = self._chunk_pcs(1, None, np.zeros(1, dtype=np.int64))
+        out = self._empty_outputs(1)
+        if self.backend == "cuda":
+            filt = np.zeros((*self.valid.shape, 1), dtype=np.float32)
+            return _in_numba_cache(index_filtered_cpu, self._filtered_args(filt, pcs, out))
+        kernel_dtype = dtype if dtype in [np.dtype(d) for d in _KERNEL_DTYPES] else np.dtype(np.float32)
+        pats = np.zeros((1, self.shape[0] * self.shape[1]), dtype=kernel_dtype)
+        return _in_numba_cache(index_patterns_cpu, self._cpu_args(pats, pcs, out))
+
+    def warm_up(self, dtype: Any = np.uint8, notify: Callable[[str], None] | None = None) -> float | None:
+        """Compile (or load from numba's cache) the kernels for patterns of ``dtype``, on one blank pattern.
+
+        Call it before timing a run: the first call in a process otherwise
+        includes numba's compilation (a minute or more, once per machine
+        and dtype) or its cache loading (about 0.1 s).
+
+        Parameters
+        ----------
+        dtype
+            dtype of the patterns that will be indexed.
+        notify
+            Called with :data:`COMPILE_MESSAGE` *before* compiling, only when
+            the kernels are not in numba's on-disk cache yet.
+
+        Returns
+        -------
+        float or None
+            Seconds spent compiling, or ``None`` when nothing had to be compiled.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kikuchipy.detectors import EBSDDetector
+        >>> from operators.crystallography import get_phase
+        >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((20, 20)), backend="cpu")
+        >>> _ = ix.warm_up("uint8")
+        >>> ix.warm_up("uint8", notify=print) is None  # compiled now: nothing said, nothing to do
+        True
+        """
+        cached = self.kernels_cached(dtype)
+        if not cached and notify is not None:
+            notify(COMPILE_MESSAGE)
+        start = time.perf_counter()
+        self.index_chunk(np.zeros((1, *self.shape), dtype=np.dtype(dtype)), nav_indices=np.zeros(1, dtype=np.int64))
+        return None if cached else time.perf_counter() - start
 
     # ------------------------------------------------------------ whole scan
     def index(self, patterns, step_sizes: tuple[float, float] = (1.0, 1.0)):
@@ -475,3 +583,24 @@ class HoughIndexer:
             },
             scan_unit="um",
         )
+
+
+def warm_up_kernels(dtype: Any = np.uint8, backend: str = "cpu",
+                    notify: Callable[[str], None] | None = None) -> float | None:
+    """Compile the indexing kernels for patterns of ``dtype`` on a tiny indexer (20 x 20 detector, Ni).
+
+    Kernels are typed by their arguments only, so a tiny indexer compiles
+    what any scan of that dtype and backend runs; see :meth:`HoughIndexer.warm_up`.
+
+    Examples
+    --------
+    >>> _ = warm_up_kernels("uint8", "cpu")
+    >>> warm_up_kernels("uint8", "cpu", notify=print) is None
+    True
+    """
+    from kikuchipy.detectors import EBSDDetector
+
+    from operators.crystallography import get_phase
+
+    indexer = HoughIndexer([get_phase("ni")], EBSDDetector((20, 20), pc=(0.5, 0.5, 0.5)), backend=backend)
+    return indexer.warm_up(dtype, notify)

@@ -151,6 +151,66 @@ def test_pngs(tmp_path):
     assert (rgb.reshape(-1, 3)[xmap.phase_id >= 0].max(axis=1) > 0.5).all()
 
 
+def _luminance(rgb):
+    rgb = np.asarray(rgb, dtype=float)[..., :3]
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return linear @ [0.2126, 0.7152, 0.0722]
+
+
+@pytest.mark.parametrize("name", ["confidence", "fit", "pattern_quality"])
+def test_property_colours_never_look_not_indexed(name):
+    """Poor confidence or fit is never drawn near black, the not-indexed colour (issue 7.17)."""
+    from flow.plots_crystal import NOT_INDEXED_COLOR, property_colormap
+
+    cmap = property_colormap(name)
+    colours = cmap(np.linspace(0, 1, 512))
+    assert _luminance(colours).min() >= 0.1  # viridis and plasma_r went down to 0.02
+    assert np.linalg.norm(colours[:, :3] - NOT_INDEXED_COLOR, axis=1).min() > 0.6
+    assert tuple(cmap(np.ma.masked_invalid([np.nan]))[0][:3]) == NOT_INDEXED_COLOR
+    if name == "confidence":
+        assert _luminance(cmap(1.0)) > _luminance(cmap(0.0))  # good points bright
+    if name == "fit":
+        assert _luminance(cmap(0.0)) > _luminance(cmap(1.0))
+
+
+def test_pngs_use_the_threshold(tmp_path, monkeypatch):
+    import flow.plots_crystal as plots_crystal
+    from flow.crystal_map import apply_min_confidence
+
+    xmap = make_xmap((6, 9), ("ni", "fe"))
+    drawn = {}
+
+    def record(function):
+        def wrapper(xmap, *args, **kwargs):
+            drawn[function.__name__] = kwargs.get("min_confidence", args[-1] if args else None)
+            return function(xmap, *args, **kwargs)
+        return wrapper
+
+    for name in ("plot_ipf_map", "plot_property_map", "plot_phase_map"):
+        monkeypatch.setattr(plots_crystal, name, record(getattr(plots_crystal, name)))
+    export_crystal_map(xmap, tmp_path / "m.png", min_confidence=0.3)
+    assert drawn == {"plot_ipf_map": 0.3, "plot_property_map": 0.3, "plot_phase_map": 0.3}
+    shown = apply_min_confidence(xmap, 0.3)
+    low = (xmap.prop["confidence"] < 0.3) & (xmap.phase_id >= 0)
+    assert low.any() and (shown.phase_id[low] == -1).all() and (xmap.phase_id[low] >= 0).all()
+    rgb = plots_crystal.ipf_rgb(shown).reshape(-1, 3)
+    assert (rgb[low] == 0).all()
+
+
+def test_apply_min_confidence_keeps_raw_values():
+    from flow.crystal_map import apply_min_confidence
+
+    xmap = make_xmap((4, 5), ("ni",))
+    shown = apply_min_confidence(xmap, 0.5)
+    np.testing.assert_array_equal(shown.rotations.data, xmap.rotations.data)
+    np.testing.assert_array_equal(shown.prop["confidence"], xmap.prop["confidence"])
+    expected = np.where(xmap.prop["confidence"] < 0.5, -1, xmap.phase_id)
+    np.testing.assert_array_equal(shown.phase_id, expected)
+    assert apply_min_confidence(xmap, None) is xmap and apply_min_confidence(xmap, 0) is xmap
+    without = make_xmap((2, 2), ("ni",), not_indexed=0, with_props=False)
+    assert apply_min_confidence(without, 0.5) is without  # nothing to compare: every solution stays
+
+
 def test_dispatch_and_errors(tmp_path):
     assert sorted(EXPORTERS) == [".ang", ".ctf", ".h5", ".hdf5", ".png"]
     assert exporter_for("A.ANG") is write_ang

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flow.cli import main
-from flow.crystal_map import write_crystal_map_store
+from flow.crystal_map import MIN_CONFIDENCE, write_crystal_map_store
 from tests.flow.crystal_map_fixtures import make_xmap, phase_names
 
 
@@ -28,10 +28,40 @@ def test_export_formats(tmp_path, store, capsys, ext):
     import orix.io
 
     out = tmp_path / f"map.{ext}"
-    assert main(["export", str(store), str(out)]) == 0
+    assert main(["export", str(store), str(out), "--min-confidence", "0"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     back = orix.io.load(out, **({"autogen_names": False} if ext == "ang" else {}))
     np.testing.assert_array_equal(phase_names(back), phase_names(make_xmap((5, 7))))
+
+
+@pytest.mark.parametrize("ext", ["ang", "ctf", "h5"])
+@pytest.mark.parametrize("option", [[], ["--min-confidence", "0.4"]])
+def test_export_marks_low_confidence_not_indexed(tmp_path, store, ext, option):
+    """Points below the threshold (default 0.10) are exported as each format's not indexed."""
+    import orix.io
+
+    out = tmp_path / f"map.{ext}"
+    assert main(["export", str(store), str(out), *option]) == 0
+    back = orix.io.load(out, **({"autogen_names": False} if ext == "ang" else {}))
+    xmap = make_xmap((5, 7))
+    threshold = float(option[1]) if option else MIN_CONFIDENCE
+    low = xmap.prop["confidence"] < threshold
+    assert low.any() and (xmap.phase_id[low] >= 0).any()  # the fixture has solutions below it
+    expected = np.where(low, "", phase_names(xmap))
+    np.testing.assert_array_equal(phase_names(back), expected)
+    assert (back.phase_id[low] == -1).all()  # orix's not-indexed id (the .ang/.ctf reader maps phase 0 to it)
+    if ext == "ang":
+        assert (back.prop["ci"][low] == -1).all() and (back.prop["fit"][low] == 180).all()
+    if ext == "ctf":
+        assert (back.prop["error"][low] == 3).all()
+    if ext == "h5":  # the raw confidence survives where the format has room for it
+        np.testing.assert_allclose(back.prop["confidence"], xmap.prop["confidence"])
+
+
+def test_export_min_confidence_out_of_range(tmp_path, store, capsys):
+    assert main(["export", str(store), str(tmp_path / "m.ang"), "--min-confidence", "5"]) == 2
+    _one_line_error(capsys, "--min-confidence: must be between 0 and 1, got 5")
+    assert not (tmp_path / "m.ang").exists()
 
 
 def test_export_metadata_reaches_headers(tmp_path, store):

@@ -133,3 +133,80 @@ def test_index_errors(cubes, tmp_path, capsys):
     assert "no such store" in _err(capsys)
     _make_cube(tmp_path / "tem.zarr", modality="tkd")  # TKD is indexable too
     assert main(["index", str(tmp_path / "tem.zarr"), str(tmp_path / "t.zarr"), "--backend", "cpu"]) == 0
+
+
+def test_summary_counts_only_confident_points(cubes, tmp_path, capsys):
+    """A far-off PC gives a solution everywhere but few confident ones: the summary says so (issue 7.3)."""
+    root, sim = cubes
+    good = tmp_path / "good.zarr"
+    assert main(["index", str(root / "scan.zarr"), str(good), "--backend", "cpu"]) == 0
+    out = capsys.readouterr().out
+    n = SCAN[0] * SCAN[1]
+    assert f"indexed {n} of {n} patterns (100.0%) with confidence ≥ 0.10 against ni" in out, out
+    _, _, record = read_crystal_map_record(good)
+    assert record["min_confidence"] == 0.10
+    bad = tmp_path / "bad.zarr"
+    wrong_pc = ["0.2", str(sim.pc[1]), str(sim.pc[2])]
+    assert main(["index", str(root / "scan.zarr"), str(bad), "--backend", "cpu", "--pc", *wrong_pc]) == 0
+    captured = capsys.readouterr()
+    xmap = read_crystal_map(bad)
+    confident = int(np.sum((xmap.phase_id >= 0) & (xmap.prop["confidence"] >= 0.10)))
+    below = int(np.sum((xmap.phase_id >= 0) & (xmap.prop["confidence"] < 0.10)))
+    assert below > confident and (xmap.phase_id >= 0).all()  # the store keeps every raw solution
+    assert (f"indexed {confident} of {n} patterns ({100 * confident / n:.1f}%) with confidence ≥ 0.10 "
+            f"({below} more below it)") in captured.out, captured.out
+    assert "check the projection centre" in captured.err
+    # --min-confidence 0 counts every solution, as before the threshold existed
+    assert main(["index", str(root / "scan.zarr"), str(bad), "--backend", "cpu", "--pc", *wrong_pc,
+                 "--min-confidence", "0", "--overwrite"]) == 0
+    assert f"indexed {n} of {n} patterns (100.0%) with confidence ≥ 0.00" in capsys.readouterr().out
+    assert main(["index", str(root / "scan.zarr"), str(tmp_path / "x.zarr"), "--min-confidence", "-1"]) == 2
+    assert "--min-confidence: must be between 0 and 1, got -1" in _err(capsys)
+
+
+def test_export_applies_the_threshold_index_used(cubes, tmp_path):
+    import orix.io
+
+    root, sim = cubes
+    store = tmp_path / "bad.zarr"
+    assert main(["index", str(root / "scan.zarr"), str(store), "--backend", "cpu", "--min-confidence", "0.3",
+                 "--pc", "0.2", str(sim.pc[1]), str(sim.pc[2])]) == 0
+    assert main(["export", str(store), str(tmp_path / "m.ang")]) == 0
+    raw = read_crystal_map(store)
+    back = orix.io.load(tmp_path / "m.ang")
+    np.testing.assert_array_equal(back.phase_id >= 0, raw.prop["confidence"] >= 0.3)
+
+
+def test_compile_message_before_compiling_and_rate_without_it(cubes, tmp_path, monkeypatch, capsys):
+    """Uncached kernels: one line first, then compile outside the timed run (issue 7.13)."""
+    import time
+
+    from operators.indexing.indexer import COMPILE_MESSAGE, HoughIndexer
+
+    events = []
+    original = HoughIndexer.index_chunk
+
+    def slow_index_chunk(self, patterns, pc=None, nav_indices=None):
+        if not events or events[-1] != "index":
+            events.append("index")
+        if len(patterns) == 1:  # the warm-up's one blank pattern: pretend numba compiles for a while
+            time.sleep(1.5)
+        return original(self, patterns, pc=pc, nav_indices=nav_indices)
+
+    monkeypatch.setattr(HoughIndexer, "kernels_cached", lambda self, dtype=None: False)
+    monkeypatch.setattr(HoughIndexer, "index_chunk", slow_index_chunk)
+    import flow.commands.index as index_command
+
+    monkeypatch.setattr(index_command, "_say", lambda message: events.append(message))
+    assert main(["index", str(cubes[0] / "scan.zarr"), str(tmp_path / "cm.zarr"), "--backend", "cpu"]) == 0
+    assert events[:2] == [COMPILE_MESSAGE, "index"], events  # said before the first kernel call
+    captured = capsys.readouterr()
+    assert "compiled the kernels in" in captured.err
+    seconds = float(captured.out.split(" in ")[-1].split(" s ")[0])
+    assert seconds < 1.5, captured.out  # the warm-up's time is not in the rate
+
+
+def test_no_compile_message_when_cached(cubes, tmp_path, capsys):
+    root, _ = cubes
+    assert main(["index", str(root / "scan.zarr"), str(tmp_path / "cm.zarr"), "--backend", "cpu"]) == 0
+    assert "compiling" not in capsys.readouterr().err

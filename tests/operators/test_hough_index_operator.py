@@ -51,6 +51,91 @@ def test_pipeline_equals_index_command_and_exports(tmp_path):
     from orix import io
 
     assert io.load(str(tmp_path / "run.ang")).shape == (6, 8)
+    # Both paths write the PC and beam energy into the vendor headers (issue 7.14)
+    assert main(["export", str(tmp_path / "index.zarr"), str(tmp_path / "index.ang")]) == 0
+    ran_header = _header(tmp_path / "run.ang", "# x-star", "# y-star", "# z-star")
+    assert ran_header == _header(tmp_path / "index.ang", "# x-star", "# y-star", "# z-star")
+    assert float(ran_header[0].split()[-1]) == pytest.approx(0.421)
+    for name in ("run", "index"):
+        assert main(["export", str(tmp_path / f"{name}.zarr"), str(tmp_path / f"{name}.ctf")]) == 0
+        assert "\tKV\t20\t" in (tmp_path / f"{name}.ctf").read_text()
+
+
+def _header(path, *keys):
+    return [line for line in path.read_text().splitlines() if line.startswith(keys)]
+
+
+def test_run_png_draws_crystal_maps(tmp_path, capsys):
+    """``run --png`` draws a hough_index step as crystal-map pictures, not as generic images (issue 7.14)."""
+    scan = tmp_path / "scan.zarr"
+    assert main(["simulate", "ebsd", str(scan), "--scan-shape", "4", "5", "--seed", "5"]) == 0
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("pipeline: 1\nsteps:\n  - op: hough_index\n    name: xmap\n")
+    out = tmp_path / "run.zarr"
+    assert main(["run", str(pipeline), "--input", str(scan), "--output", str(out), "--quiet",
+                 "--png", str(tmp_path / "pic")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("pic*.png")) == [
+        "pic_xmap_confidence.png", "pic_xmap_fit.png", "pic_xmap_ipf.png", "pic_xmap_phase.png"]
+
+
+def test_result_attrs_carry_scan_and_mean_pc():
+    from operators.base import InputSpec
+
+    attrs = {"modality": "ebsd", "beam_energy_kv": 15, "detector": {"shape": [60, 60], "pc": None,
+                                                                      "pc_convention": "bruker"}}
+    pcs = np.stack([np.full((2, 3), 0.40), np.full((2, 3), 0.20), np.linspace(0.5, 0.6, 6).reshape(2, 3)], -1)
+    op = build_operator("hough_index", {"phases": ["ni"]}).bind_store_variables({"pc": pcs})
+    record = op.result_attrs(InputSpec((2, 3), (60, 60), np.dtype("uint8"), attrs))
+    assert record["scan"]["beam_energy_kv"] == 15
+    assert record["projection_centre"]["value"] == pytest.approx([0.4, 0.2, 0.55])
+    assert record["projection_centre"]["per_point"] is True
+    fixed = build_operator("hough_index", {"phases": ["ni"], "pc": list(PC), "pc_convention": "bruker"})
+    assert fixed.result_attrs(InputSpec((2, 3), (60, 60), np.dtype("uint8"), attrs))["projection_centre"][
+        "value"] == list(PC)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_warm_up_says_so_only_when_compiling(monkeypatch, cached):
+    """``notify`` hears the compile message first, and only when numba's cache lacks the kernels (issue 7.13)."""
+    from operators.base import InputSpec
+    from operators.indexing.indexer import COMPILE_MESSAGE, HoughIndexer
+
+    events = []
+    original = HoughIndexer.index_chunk
+
+    def index_chunk(self, *args, **kwargs):
+        events.append("compile")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HoughIndexer, "kernels_cached", lambda self, dtype=None: cached)
+    monkeypatch.setattr(HoughIndexer, "index_chunk", index_chunk)
+    op = build_operator("hough_index", {"phases": ["ni"], "pc": list(PC), "backend": "cpu"})
+    op.warm_up(InputSpec((2, 3), (60, 60), np.dtype("uint8"), None), "numpy", events.append)
+    assert events == (["compile"] if cached else [COMPILE_MESSAGE, "compile"])
+
+
+def test_kernels_cached_reads_numba_cache(tmp_path):
+    """The cache test is real: an empty NUMBA_CACHE_DIR says no, the warm on-disk cache says yes, no compiling."""
+    import os
+    import subprocess
+    import sys
+
+    from operators.indexing.indexer import warm_up_kernels
+
+    warm_up_kernels("uint8", "cpu")  # fills the on-disk cache if this is the first run
+    probe = ("import time; from operators.indexing.indexer import HoughIndexer; from kikuchipy.detectors import "
+             "EBSDDetector; from operators.crystallography import get_phase; "
+             "ix = HoughIndexer([get_phase('ni')], EBSDDetector((20, 20)), backend='cpu'); t = time.time(); "
+             "print(ix.kernels_cached('uint8'), ix.kernels_cached('int16') == ix.kernels_cached('float32'), "
+             "round(time.time() - t))")
+
+    def ask(**env):
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                              env={**os.environ, **env}, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+        return done.stdout.split()
+
+    assert ask() == ["True", "True", "0"]  # int16 patterns go in as float32: the float32 kernel
+    assert ask(NUMBA_CACHE_DIR=str(tmp_path)) == ["False", "True", "0"]
 
 
 def test_bad_parameters_fail_before_data():

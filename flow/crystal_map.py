@@ -307,8 +307,8 @@ class CrystalMapStoreWriter(TemporaryStoreWriter):
         if scan_attrs is not None:
             validated = validate_scan_attrs(scan_attrs if isinstance(scan_attrs, ScanAttrs) else dict(scan_attrs), where=f"{self.where}: scan")
             scan = validated.model_dump(mode="json")
-            step_size = (validated.step_size.y, validated.step_size.x)
-            unit = validated.step_size.unit
+            if validated.step_size is not None:  # a scan without a known step keeps the step_size argument
+                step_size, unit = (validated.step_size.y, validated.step_size.x), validated.step_size.unit
         extra = dict(extra_attrs or {})
         clash = sorted(set(extra) & set(_RESERVED))
         if clash:

@@ -162,7 +162,7 @@ def run(args) -> int:
     from flow.plots_crystal import png_paths
     from flow.store import open_cube, prepare_output_path
     from operators.indexing import HoughIndexer
-    from schemas.cube import validate_scan_attrs
+    from schemas.cube import ebsd_geometry, validate_scan_attrs
 
     where = str(args.input)
     check_min_confidence(args.min_confidence)
@@ -182,8 +182,8 @@ def run(args) -> int:
     phase_list = _phase_list(args, scan, where)
     pc, convention, pc_source = _projection_centre(args, ds, scan, where)
     det = scan.detector
-    detector = EBSDDetector(shape=(sy, sx), pc=pc, convention=convention, sample_tilt=det.sample_tilt,
-                            tilt=det.camera_tilt, azimuthal=det.azimuthal, binning=det.binning)
+    detector = EBSDDetector(shape=(sy, sx), pc=pc, convention=convention,
+                            **ebsd_geometry(det))  # tilts the cube does not know: 70/0 deg, with a warning
     background = None
     if args.static_background and "static_background" in ds.variables:
         background = np.asarray(ds["static_background"].values, dtype=np.float32)

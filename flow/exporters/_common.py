@@ -157,8 +157,10 @@ def pc_in_convention(metadata: Mapping[str, Any] | None, convention: str) -> tup
         return None
     from kikuchipy.detectors import EBSDDetector
 
+    # Tilts do not enter the conversion, but EBSDDetector wants numbers where the scan knows none (None).
     detector = EBSDDetector(tuple(det["shape"]), pc=tuple(det["pc"]), convention=det.get("pc_convention", "bruker"),
-                            sample_tilt=det.get("sample_tilt", 70.0), tilt=det.get("camera_tilt", 0.0))
+                            sample_tilt=70.0 if det.get("sample_tilt") is None else det["sample_tilt"],
+                            tilt=det.get("camera_tilt") or 0.0)
     converted = {"tsl": detector.pc_tsl, "edax": detector.pc_tsl, "oxford": detector.pc_oxford,
                  "bruker": lambda: detector.pc, "emsoft": detector.pc_emsoft}[convention]()
     pc = np.asarray(converted, dtype=float).reshape(-1, 3).mean(axis=0)

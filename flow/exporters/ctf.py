@@ -69,7 +69,7 @@ def _header(table, path: Path, metadata: Mapping[str, Any] | None, to_um: float)
     meta = dict(metadata or {})
     det = meta.get("detector") or {}
     kv = meta.get("beam_energy_kv") or 0
-    tilt = det.get("sample_tilt", 70.0)
+    tilt = 70.0 if det.get("sample_tilt") is None else det["sample_tilt"]  # not known (None): the usual EBSD tilt
     ny, nx = table.shape
     dy, dx = table.step
     lines = [

@@ -203,6 +203,7 @@ class HoughIndex(Operator):
         from kikuchipy.detectors import EBSDDetector
 
         from operators.indexing.indexer import HoughIndexer
+        from schemas.cube import ebsd_geometry
 
         detector_attrs = (spec.attrs or {}).get("detector", {})
         pc, convention = self._pc_and_convention(spec)
@@ -211,10 +212,7 @@ class HoughIndex(Operator):
             per_point = np.asarray(self.per_point_pc[...], dtype=np.float64).reshape(-1, 3)
         detector = EBSDDetector(
             shape=tuple(spec.det_shape), pc=per_point if per_point is not None else pc, convention=convention,
-            sample_tilt=float(detector_attrs.get("sample_tilt", 70.0)),
-            tilt=float(detector_attrs.get("camera_tilt", 0.0)),
-            azimuthal=float(detector_attrs.get("azimuthal", 0.0)),
-            binning=int(detector_attrs.get("binning", 1)),
+            **ebsd_geometry(detector_attrs),  # tilts the scan does not know: 70/0 deg, with a warning
         )
         background = self.static_background
         if background is not None and tuple(np.shape(background)) != tuple(spec.det_shape):

@@ -1,22 +1,30 @@
 """The driver: run a resolved pipeline over a source through an executor into a sink.
 
-For each round (pass over the data) the driver
+The driver builds the run's rounds one at a time (:class:`flow.schedule.Schedule`:
+fixed-pass steps, iterative steps that stop when they converge, materialised
+frames). For each round it
 
 1. skips what an earlier run finished (rounds marked complete, chunks marked
    done, reductions checkpointed),
-2. sends the round's shared data (plan, source, states) to the executor once,
-3. keeps at most ``window`` chunk tasks submitted, refilling as each
-   finishes; a task reads its own chunk, so only a region travels,
-4. writes each finished chunk's per-frame outputs (the driver is the single
-   writer), then marks the chunk done,
+2. sends the round's shared data (plan, source, states, round plan) to the
+   executor once,
+3. keeps at most ``window`` chunk tasks submitted, refilling as each finishes
+   and as the source announces new regions (a source that grows, such as a
+   cube still being written, is followed until it ends); a task reads its
+   own chunk, so only a region travels,
+4. writes each finished chunk's small per-frame outputs (frame-sized outputs
+   were written by the worker itself, one shard per region), then marks the
+   chunk done,
 5. merges reduction partials **in chunk order** (so results do not depend on
    the executor or on completion order) and checkpoints them; submission
    stays within a bounded lag of the merge point, so memory stays bounded,
-6. retries a failed task up to ``retries`` times; a chunk that keeps failing
-   is reported in one :class:`~schemas.errors.ChunkFailedError` after every
-   other chunk of the round has been written,
-7. calls ``finalize`` for steps whose pass ends, stores final reductions and
-   states, and marks the round complete.
+6. retries a failed task up to ``retries`` times (never a damaged chunk, and
+   never an error that would fail every chunk alike); a chunk that keeps
+   failing is reported in one :class:`~schemas.errors.ChunkFailedError`
+   after every other chunk of the round has been written,
+7. calls ``finalize`` of the active steps (on a worker for ``device_state``
+   operators), stores final reductions, the states and the schedule, and
+   marks the round complete.
 
 Examples
 --------
@@ -42,32 +50,41 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any
 
 import numpy as np
 
 from flow.executors import Executor, get_executor
-from flow.executors.base import RunShared, run_chunk, to_numpy
-from flow.pipeline import Pipeline, Step, load_pipeline
-from flow.results import MemorySink, ResultSink, ZarrResultStore
-from flow.sources import ArraySource, ChunkSource, ZarrCubeSource
-from operators.base import ChunkContext, Operator
-from schemas.errors import ChunkFailedError, DataCorruptionError, DiffraflowError, PipelineError
+from flow.executors.base import RunShared, run_chunk, run_finalize, to_numpy
+from flow.pipeline import Pipeline, ResolvedPipeline, Step, load_pipeline
+from flow.results import MATERIALIZED, MemorySink, ResultSink, ZarrResultStore
+from flow.schedule import RoundPlan, Schedule
+from flow.sources import ArraySource, ChunkSource, GrowingSource, Region, ZarrCubeSource
+from operators.base import ChunkContext
+from schemas.errors import (
+    BackendUnavailableError,
+    ChunkFailedError,
+    DataCorruptionError,
+    DiffraflowError,
+    InputFileError,
+    PipelineError,
+    SchemaError,
+)
 
 __all__ = ["RunReport", "run_pipeline", "make_source", "bind_pipeline"]
 
-class _BindsStoreVariables(Protocol):
-    """An operator with the optional ``bind_store_variables`` hook (looked up with getattr)."""
-
-    def bind_store_variables(self, variables: Mapping[str, Any]) -> Operator: ...
-
+#: Errors that would fail every chunk alike: the run stops at the first one.
+_FATAL = (PipelineError, SchemaError, BackendUnavailableError)
+#: Errors of one chunk that a retry cannot mend: reported without retrying.
+_NOT_RETRIED = (DataCorruptionError, InputFileError)
 
 #: Checkpoint reduction partials after every merge while they are this small.
 SMALL_PARTIALS_BYTES = 16 * 2**20
 #: Otherwise at most this often (seconds).
 CHECKPOINT_SECONDS = 10.0
+#: While a source grows, how long to wait for a task before asking the source again (seconds).
+POLL_SECONDS = 0.2
 
 
 @dataclass
@@ -147,23 +164,21 @@ def make_source(data: Any, chunk_frames: int | None = None) -> ChunkSource:
 
 
 def bind_pipeline(pipeline: Pipeline, source: ChunkSource) -> Pipeline:
-    """Let operators bind store variables (``bind_store_variables``) before resolving.
+    """Let each operator bind what it needs from the source's store variables (:meth:`Operator.bind`).
+
+    The bound pipeline keeps the fingerprint of the pipeline as written.
 
     Examples
     --------
     >>> from operators.base import Operator
-    >>> p = Pipeline([Operator()]); bind_pipeline(p, make_source(np.zeros((1, 1, 1, 1)))) is p
-    True
+    >>> p = Pipeline([Operator()]); bind_pipeline(p, make_source(np.zeros((1, 1, 1, 1)))).names
+    ['Operator']
     """
-    binders = [s for s in pipeline.steps if callable(getattr(s.op, "bind_store_variables", None))]
-    if not binders:
-        return pipeline
     variables_fn = getattr(source, "variables", None)
     variables = variables_fn() if callable(variables_fn) else {}
-    steps = [Step(cast(_BindsStoreVariables, s.op).bind_store_variables(variables), s.name, s.backend, s.save)
-             if s in binders else s for s in pipeline.steps]
+    steps = [Step(s.op.bind(variables), s.name, s.backend, s.save, s.materialize) for s in pipeline.steps]
     bound = Pipeline(steps, chunk_frames=pipeline.chunk_frames)
-    bound._identity = pipeline  # fingerprints follow the pipeline as written
+    bound._identity = getattr(pipeline, "_identity", pipeline)  # fingerprints follow the pipeline as written
     return bound
 
 
@@ -239,6 +254,7 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, outpu
         sink = output
     else:
         sink = ZarrResultStore(output, overwrite=overwrite)
+    materialized = _materialized(plan, sink)
     try:
         done_before = not overwrite and isinstance(sink, ZarrResultStore) and sink.marked_complete()
         warmup = 0.0
@@ -249,7 +265,8 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, outpu
             ex.start(gpu=plan.gpu)
         sink.open(plan, source)
         try:
-            report = _run_opened(plan, source, sink, ex, progress, retries, window, collect, on_start)
+            report = _run_opened(plan, source, sink, ex, materialized, progress, retries, window, collect,
+                                 on_start)
         finally:
             sink.close()
     finally:
@@ -257,6 +274,24 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, outpu
             ex.close()
     report.warmup_seconds = warmup
     return report
+
+
+def _materialized(plan: ResolvedPipeline, sink: ResultSink) -> dict[str, str]:
+    """Steps whose final frames are stored for later passes, with the result key they are stored under."""
+    if not isinstance(sink, ZarrResultStore):
+        return {}  # in-memory runs recompute frames (there is no store for workers to read from)
+    chosen = {}
+    for step in plan.steps:
+        if step.frames_output is None:
+            continue
+        wanted = step.step.materialize
+        if wanted is None:
+            wanted = step.op.expensive and plan.needed_later(step)
+        if wanted:
+            saved = step.saved(step.frames_output)
+            chosen[step.name] = step.step.key(step.frames_output) if saved else f"{MATERIALIZED}/{step.name}"
+    sink.materialize = chosen
+    return chosen
 
 
 def _check_run_numbers(retries: int, window: int | None) -> None:
@@ -278,34 +313,72 @@ def _warm_up(plan) -> float:
     return time.perf_counter() - t0
 
 
-def _run_opened(plan, source, sink, ex, progress, retries, window, collect, on_start) -> RunReport:
-    regions = list(source.regions())
-    report = RunReport(n_chunks=len(regions), n_rounds=plan.n_rounds, n_frames=plan.input.n_frames,
+class _Feeder:
+    """Regions of the scan as the source makes them available: all at once, or as a growing source grows."""
+
+    def __init__(self, source: ChunkSource) -> None:
+        self.source = source
+        self.growing = isinstance(source, GrowingSource) and bool(getattr(source, "growing", False))
+        self.all: list[Region] = list(source.regions())
+        self.ready: dict[int, Region] = {} if self.growing else {r.index: r for r in self.all}
+        self.ended = not self.growing
+
+    def poll(self, timeout: float) -> list[Region]:
+        """New regions (waiting up to ``timeout`` seconds for one); sets :attr:`ended` when the source ends."""
+        if self.ended:
+            return []
+        assert isinstance(self.source, GrowingSource)
+        regions, ended = self.source.poll(timeout)
+        fresh = [r for r in regions if r.index not in self.ready]
+        for region in fresh:
+            self.ready[region.index] = region
+        if ended:
+            missing = len(self.all) - len(self.ready)
+            if missing:
+                raise InputFileError(str(getattr(self.source, "path", "source")), f"the source ended with "
+                                     f"{missing} of {len(self.all)} regions never delivered",
+                                     "the acquisition was cut short; re-acquire or convert what exists")
+            self.ended = True
+        return fresh
+
+
+def _run_opened(plan, source, sink, ex, materialized, progress, retries, window, collect, on_start) -> RunReport:
+    feeder = _Feeder(source)
+    n_regions = len(feeder.all)
+    report = RunReport(n_chunks=n_regions, n_rounds=plan.n_rounds, n_frames=plan.input.n_frames,
                        output=sink.path, resumed=bool(getattr(sink, "resumed", False)))
     if isinstance(sink, ZarrResultStore) and sink.is_complete():
         report.already_complete = True
-        report.skipped = len(regions) * plan.n_rounds
+        report.skipped = n_regions * plan.n_rounds
         if collect:
             report.results = sink.results()
         return report
 
     t0 = time.perf_counter()
     bar = _progress_bar(progress, plan.input.n_frames, plan.n_rounds)
+    schedule = Schedule(plan, frozenset(materialized))
     try:
         ex.start(gpu=plan.gpu)  # already started unless the sink said complete but was not
         if on_start is not None:
             on_start(ex, plan, sink)
         k = int(window or max(2, 2 * ex.workers))
         states: dict[str, Any] = {}
-        for round_ in range(plan.n_rounds):
-            bar.start_pass(round_)
-            previous = sink.round_complete(round_)
+        while True:
+            round_plan = schedule.next_round()
+            if round_plan is None:
+                break
+            r = round_plan.round
+            bar.start_pass(r)
+            previous = sink.round_complete(r)
             if previous is not None:
-                states = previous
-                report.skipped += len(regions)
+                states = dict(previous["states"])
+                schedule.restore(previous["schedule"])
+                report.skipped += n_regions
                 bar.update(plan.input.n_frames)
                 continue
-            states = _run_round(plan, source, sink, ex, regions, round_, states, k, retries, report, bar)
+            states = _run_round(plan, source, feeder, sink, ex, round_plan, schedule, states, k, retries,
+                                report, bar)
+        report.n_rounds = schedule.rounds_run
         sink.complete()
     finally:
         bar.close()
@@ -315,50 +388,69 @@ def _run_opened(plan, source, sink, ex, progress, retries, window, collect, on_s
     return report
 
 
-def _run_round(plan, source, sink, ex, regions, round_, states, window, retries, report, bar) -> dict[str, Any]:
-    reductions = plan.has_reductions(round_)
+def _run_round(plan, source, feeder: _Feeder, sink, ex, round_plan: RoundPlan, schedule: Schedule, states,
+               window, retries, report, bar) -> dict[str, Any]:
+    round_ = round_plan.round
+    reductions = schedule.has_reductions(round_plan)
     if reductions:
         merged, n_merged = sink.load_partials(round_)
-        todo = [r for r in regions if r.index >= n_merged]
+        skip = set(range(n_merged))
     else:
         merged, n_merged = {}, 0
-        done = sink.done_chunks(round_)
-        todo = [r for r in regions if r.index not in done]
-    report.skipped += len(regions) - len(todo)
-    bar.update(sum(r.n for r in regions) - sum(r.n for r in todo))
-    shared = ex.share(RunShared(plan, source, states))
+        skip = sink.done_chunks(round_)
+    store, worker_keys, materialized = sink.worker_plan()
+    shared = ex.share(RunShared(plan, source, states, round_plan, store, worker_keys, materialized))
     ops = {s.name: s.op for s in plan.steps}
-    gpu = plan.gpu
+    gpu = any(plan.step(name).backend.gpu for name in round_plan.active)
 
-    queue = deque(range(len(todo)))
-    retry: deque[int] = deque()
-    attempts = [0] * len(todo)
+    queue: deque[Region] = deque()
+    seen: set[int] = set()
+
+    def take(regions: list[Region]) -> None:
+        for region in sorted(regions, key=lambda r: r.index):
+            if region.index in seen:
+                continue
+            seen.add(region.index)
+            if region.index in skip:
+                report.skipped += 1
+                bar.update(region.n)
+            else:
+                queue.append(region)
+
+    take(list(feeder.ready.values()))
+    retry: deque[Region] = deque()
+    attempts: dict[int, int] = {}
     pending: dict[int, dict] = {}  # finished but not yet merged (out of order)
-    next_merge = 0
+    next_merge = n_merged
     merging = reductions
     lag = max(4 * window, 8)
     in_flight = 0
-    failures: list[tuple[Any, BaseException]] = []
+    failures: list[tuple[Region, BaseException]] = []
     last_checkpoint = time.monotonic()
 
-    while queue or retry or in_flight:
-        while in_flight < window and (retry or (queue and (not merging or queue[0] < next_merge + lag))):
-            pos = retry.popleft() if retry else queue.popleft()
-            ex.submit(pos, run_chunk, shared, todo[pos], round_, gpu=gpu)
+    while queue or retry or in_flight or not feeder.ended:
+        while in_flight < window and (retry or (queue and (not merging or queue[0].index < next_merge + lag))):
+            region = retry.popleft() if retry else queue.popleft()
+            ex.submit(region.index, run_chunk, shared, region, round_, gpu=gpu)
             in_flight += 1
-        finished = ex.next_done()
-        if finished is None:  # cannot happen with tasks in flight and no timeout
+        if not in_flight:
+            take(feeder.poll(POLL_SECONDS))  # nothing running: wait for the source
             continue
-        pos, ok, value = finished
+        finished = ex.next_done(None if feeder.ended else POLL_SECONDS)
+        if not feeder.ended:
+            take(feeder.poll(0.0))
+        if finished is None:
+            continue
+        index, ok, value = finished
         in_flight -= 1
-        region = todo[pos]
+        region = feeder.ready[index]
         if not ok:
-            if isinstance(value, PipelineError):
-                raise value  # a contract violation fails every chunk alike: stop now
-            attempts[pos] += 1
-            if attempts[pos] <= retries and not isinstance(value, DataCorruptionError):
+            if isinstance(value, _FATAL):
+                raise value  # fails every chunk alike: stop now
+            attempts[index] = attempts.get(index, 0) + 1
+            if attempts[index] <= retries and not isinstance(value, _NOT_RETRIED):
                 report.retried += 1
-                retry.append(pos)
+                retry.append(region)
                 continue
             failures.append((region, value))
             if merging:  # this round's reductions cannot complete; stop holding partials
@@ -372,7 +464,7 @@ def _run_round(plan, source, sink, ex, regions, round_, states, window, retries,
         bar.update(region.n)
         if not merging:
             continue
-        pending[pos] = value.partials
+        pending[index] = value.partials
         advanced = False
         while next_merge in pending:
             for step_name, parts in pending.pop(next_merge).items():
@@ -384,14 +476,14 @@ def _run_round(plan, source, sink, ex, regions, round_, states, window, retries,
         if advanced:
             now = time.monotonic()
             if _bytes(merged) <= SMALL_PARTIALS_BYTES or now - last_checkpoint > CHECKPOINT_SECONDS:
-                sink.save_partials(round_, merged, todo[next_merge - 1].index + 1, final=False)
+                sink.save_partials(round_, merged, next_merge, final=False)
                 last_checkpoint = now
 
     if failures:
         if merging and next_merge:
-            sink.save_partials(round_, merged, todo[next_merge - 1].index + 1, final=False)
+            sink.save_partials(round_, merged, next_merge, final=False)
         region, exc = failures[0]
-        tries = attempts[todo.index(region)]
+        tries = attempts.get(region.index, 1)
         more = f"; {len(failures) - 1} more failed: " + ", ".join(str(r.index) for r, _ in failures[1:]) \
             if len(failures) > 1 else ""
         cause = exc.one_line() if isinstance(exc, DiffraflowError) else \
@@ -402,33 +494,55 @@ def _run_round(plan, source, sink, ex, regions, round_, states, window, retries,
                                "command to resume")
         err.failures = [(r, e) for r, e in failures]  # type: ignore[attr-defined]
         raise err
-    return _finish_round(plan, sink, round_, merged, dict(states))
+    return _finish_round(plan, sink, ex, round_plan, schedule, merged, dict(states))
 
 
-def _finish_round(plan, sink, round_, merged, states) -> dict[str, Any]:
+def _finalize(plan, ex, step, partials, pass_index: int, state: Any, final: bool) -> Any:
+    if step.op.device_state:
+        # On a worker with the step's backend, so device-resident partials and state stay there.
+        ex.submit(("finalize", step.name), run_finalize, plan, step.name, partials, pass_index, state, final,
+                  gpu=step.backend.gpu)
+        finished = None
+        while finished is None:
+            finished = ex.next_done(None)
+        _key, ok, value = finished
+        if not ok:
+            raise value
+        return value
+    ctx = ChunkContext(spec=step.spec, constants=None, pass_index=pass_index, state=state,
+                       backend=step.step.backend, final_pass=final)
+    return step.op.finalize(partials, ctx)
+
+
+def _finish_round(plan, sink, ex, round_plan: RoundPlan, schedule: Schedule, merged, states) -> dict[str, Any]:
     finals: dict[str, np.ndarray] = {}
-    for step in plan.active(round_):
+    for link in round_plan.chain:
+        if link.action != "compute":
+            continue
+        step = plan.step(link.step)
         partials = merged.get(step.name, {})
-        pass_index = round_ - step.start
-        ctx = ChunkContext(spec=step.spec, constants=None, pass_index=pass_index, state=states.get(step.name),
-                           backend=step.step.backend)
-        if round_ < step.last:
-            states[step.name] = step.op.finalize(partials, ctx)
+        where = f"step {step.name!r}"
+        if link.final and not step.reduced and not partials:
+            schedule.interpret(step, {}, where)  # a map-only step: nothing to finalize
             continue
-        if not step.reduced and not partials:
+        result = _finalize(plan, ex, step, partials, link.pass_index, states.get(step.name), link.final)
+        kind, value = schedule.interpret(step, result, where)
+        if kind == "state":
+            states[step.name] = value
             continue
-        values = step.op.finalize(partials, ctx) or {}
+        values = value or {}
         for name, out in step.reduced.items():
             if name not in values:
-                raise PipelineError(f"step {step.name!r}", f"finalize() did not return output {name!r} "
+                raise PipelineError(where, f"finalize() did not return output {name!r} "
                                     f"(returned {sorted(values)})", "return every declared sig/single output")
-            value = np.asarray(to_numpy(values[name]))
-            if value.shape != out.extra_shape:
-                raise PipelineError(f"step {step.name!r}.{name}", f"finalize() returned shape {value.shape}, "
+            array = np.asarray(to_numpy(values[name]))
+            if array.shape != out.extra_shape:
+                raise PipelineError(f"{where}.{name}", f"finalize() returned shape {array.shape}, "
                                     f"resolve() declared {out.extra_shape}", "make finalize() match resolve()")
             if step.saved(name):
-                finals[step.step.key(name)] = value.astype(out.dtype, copy=False)
-    sink.finish_round(round_, states, finals)
+                finals[step.step.key(name)] = array.astype(out.dtype, copy=False)
+    schedule.end_round()
+    sink.finish_round(round_plan.round, {"states": states, "schedule": schedule.to_record()}, finals)
     return states
 
 

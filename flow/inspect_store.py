@@ -118,13 +118,23 @@ def describe_store(path: str | os.PathLike) -> str:
     >>> "sample tilt unknown, camera tilt unknown" in text, "step          unknown" in text
     (True, True)
     """
-    from flow.store import open_group_checked
+    from flow.store import acquisition_progress, open_group_checked
 
     path = Path(path)
-    group = open_group_checked(path)
+    progress = acquisition_progress(path)
+    acquiring = progress is not None and progress.get("state") == "acquiring"
+    group = open_group_checked(path, require_complete=not acquiring)
     marker = validate_store_marker(group.attrs.get("diffraflow"), where=str(path))
-    lines = [f"{path}  ({marker.kind}, format v{marker.format_version}, complete)",
+    status = "complete" if marker.complete else "incomplete"
+    lines = [f"{path}  ({marker.kind}, format v{marker.format_version}, {status})",
              f"  size on disk  {_human_bytes(_disk_usage(path))}"]
+    if progress is not None:
+        done, total = int(progress.get("frames_persisted", 0)), int(progress.get("frames_expected", 0))
+        state = progress.get("state")
+        if state == "acquiring":
+            lines.append(f"  acquiring: {done} of {total} frames persisted (updated {progress.get('updated')})")
+        elif state == "aborted":
+            lines.append(f"  acquisition aborted after {done} of {total} frames")
     if marker.kind == "scan_cube":
         scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
         arr = group["patterns"]

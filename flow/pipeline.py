@@ -8,16 +8,19 @@ seen by later steps. :meth:`Pipeline.resolve` runs every operator's
 
 Schedule
 --------
-A step with ``passes = p`` runs in ``p`` consecutive rounds. It starts in the
-round where the last earlier step with a ``frames`` output produces its final
-frames (those frames exist only in that step's last pass); steps without
-``frames`` outputs do not delay later steps. In each round one task per chunk
-runs the whole chain on a single read of the chunk: active steps compute;
-finished steps whose ``frames`` output feeds an active later step recompute
-those frames from their final state (cheaper than storing and re-reading them).
-In every pass but its last, everything a step's ``process`` returns is a
-partial reduction (merged with ``merge``, then ``finalize`` gives the next
-pass's state).
+A step starts once the last earlier step with a ``frames`` output (its
+*provider*) has finished; it then runs one pass per round until it is done
+(a fixed number of passes, or until an iterative operator converges). The
+engine builds the rounds one at a time (:mod:`flow.schedule`). In each round
+one task per chunk runs the whole chain on a single read of the chunk; a
+finished provider's frames are recomputed, or read back when the step is
+*materialised* (``materialize: true``, or automatically for expensive
+operators whose frames later passes need). In every pass but its last,
+everything a step's ``process`` returns is a partial reduction (merged with
+``merge``, then ``finalize`` gives the next pass's state).
+
+Pipelines are run by :func:`flow.engine.run_pipeline`; this module only
+describes and resolves them.
 
 Examples
 --------
@@ -31,10 +34,9 @@ Examples
 ...         return {"total": OutputSpec("nav", "float64")}
 ...     def process(self, frames, ctx):
 ...         return {"total": frames.reshape(len(frames), -1).sum(axis=1)}
->>> pipe = Pipeline([Total()])
->>> out = pipe.run(np.ones((2, 3, 4, 4), "uint8"))
->>> out["total_example/total"].tolist()
-[[16.0, 16.0, 16.0], [16.0, 16.0, 16.0]]
+>>> plan = Pipeline([Total()]).resolve(InputSpec((2, 3), (4, 4), np.dtype("uint8")))
+>>> plan.steps[0].outputs["total"].result_shape((2, 3))
+(2, 3)
 """
 
 from __future__ import annotations
@@ -49,15 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from operators.base import InputSpec, Operator, OutputSpec, build_operator
-from schemas.errors import BackendUnavailableError, PipelineError
+from schemas.backends import Backend, get_backend, require_backend
+from schemas.errors import PipelineError
 
-__all__ = ["Step", "Pipeline", "ResolvedPipeline", "ResolvedStep", "load_pipeline", "GPU_BACKENDS"]
-
-#: Backends that need a GPU (placed on workers with the ``GPU`` resource).
-GPU_BACKENDS = ("cupy", "torch-cuda", "torch")
+__all__ = ["Step", "Pipeline", "ResolvedPipeline", "ResolvedStep", "load_pipeline"]
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -77,6 +75,11 @@ class Step:
         (``numpy`` when the operator supports it).
     save
         Output names to store; ``None`` stores every output.
+    materialize
+        For a step with a ``frames`` output: ``True`` stores its final frames
+        once so that later passes read them instead of recomputing them;
+        ``None`` (default) does so when the operator is expensive and later
+        passes need its frames; ``False`` never.
 
     Examples
     --------
@@ -89,6 +92,7 @@ class Step:
     name: str = ""
     backend: str = ""
     save: tuple[str, ...] | None = None
+    materialize: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.op, Operator):
@@ -112,6 +116,8 @@ class Step:
                                   "backend": self.backend}
         if self.save is not None:
             record["save"] = list(self.save)
+        if self.materialize is not None:
+            record["materialize"] = self.materialize
         return record
 
 
@@ -123,8 +129,8 @@ class ResolvedStep:
     index: int
     spec: InputSpec
     outputs: dict[str, OutputSpec]
-    start: int  # first round
     frames_output: str | None
+    provider: str | None = None  # the earlier step whose frames this one sees
 
     @property
     def name(self) -> str:
@@ -136,12 +142,13 @@ class ResolvedStep:
 
     @property
     def passes(self) -> int:
-        return int(self.step.op.passes)
+        """The most passes the step may take."""
+        return int(self.step.op.max_passes())
 
     @property
-    def last(self) -> int:
-        """Round of the step's final pass."""
-        return self.start + self.passes - 1
+    def backend(self) -> Backend:
+        """The step's compute backend."""
+        return get_backend(self.step.backend)
 
     @property
     def per_frame(self) -> dict[str, OutputSpec]:
@@ -155,7 +162,7 @@ class ResolvedStep:
         return self.step.save is None or name in self.step.save
 
     def setup_key(self) -> str:
-        """Cache key of this step's constants: operator token, input spec and backend."""
+        """Cache key of this step's constants: operator token (with file hashes), input spec and backend."""
         text = json.dumps([self.op.token(), list(self.spec.scan_shape), list(self.spec.det_shape),
                            self.spec.dtype.str, self.step.backend], default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -163,14 +170,16 @@ class ResolvedStep:
 
 @dataclass
 class ResolvedPipeline:
-    """A pipeline resolved against an input spec: specs, outputs, rounds.
+    """A pipeline resolved against an input spec: specs, outputs and the rounds it may take.
 
     Attributes
     ----------
     steps
         One :class:`ResolvedStep` per step.
     n_rounds
-        Passes over the data the whole pipeline needs.
+        Passes over the data the pipeline takes at most (exactly, without
+        iterative steps); the engine schedules the actual rounds
+        (:class:`flow.schedule.Schedule`).
     """
 
     pipeline: Pipeline
@@ -178,25 +187,13 @@ class ResolvedPipeline:
     steps: list[ResolvedStep]
     n_rounds: int = field(default=1)
 
-    def active(self, round_: int) -> list[ResolvedStep]:
-        """Steps computing a pass in ``round_``."""
-        return [s for s in self.steps if s.start <= round_ <= s.last]
+    def step(self, name: str) -> ResolvedStep:
+        """The resolved step called ``name``."""
+        return next(s for s in self.steps if s.name == name)
 
-    def chain(self, round_: int) -> list[ResolvedStep]:
-        """Steps a chunk task runs in ``round_`` (active ones and frame providers before them)."""
-        active = self.active(round_)
-        if not active:
-            return []
-        stop = max(s.index for s in active)
-        return [s for s in self.steps[: stop + 1] if s in active or (s.frames_output and s.last < round_)]
-
-    def has_reductions(self, round_: int) -> bool:
-        """True when some step merges partials in ``round_``."""
-        return any(s.last > round_ or s.reduced for s in self.active(round_))
-
-    def ending(self, round_: int) -> list[ResolvedStep]:
-        """Steps whose final pass is ``round_``."""
-        return [s for s in self.steps if s.last == round_]
+    def needed_later(self, step: ResolvedStep) -> bool:
+        """True when the frames of ``step`` are needed after its final pass (a later step takes more passes)."""
+        return step.frames_output is not None and any(s.passes > 1 for s in self.steps[step.index + 1:])
 
     def result_outputs(self) -> dict[str, tuple[ResolvedStep, str, OutputSpec]]:
         """Saved outputs by result name ``<step>/<output>``."""
@@ -206,7 +203,7 @@ class ResolvedPipeline:
     @property
     def gpu(self) -> bool:
         """True when some step runs on a GPU backend."""
-        return any(s.step.backend in GPU_BACKENDS for s in self.steps)
+        return any(s.backend.gpu for s in self.steps)
 
 
 class Pipeline:
@@ -286,7 +283,8 @@ class Pipeline:
             op = build_operator(item["op"], item.get("params") or {}, where=here)
             save = item.get("save", True)
             save_names = None if save is True else (() if save is False else tuple(save))
-            steps.append(Step(op, name=item.get("name", ""), backend=item.get("backend", ""), save=save_names))
+            steps.append(Step(op, name=item.get("name", ""), backend=item.get("backend", ""), save=save_names,
+                              materialize=item.get("materialize")))
         chunk_frames = (record.get("output") or {}).get("chunk_frames")
         return cls(steps, chunk_frames=chunk_frames)
 
@@ -320,8 +318,8 @@ class Pipeline:
         return record
 
     def fingerprint(self) -> str:
-        """Hash of the steps (operators, parameters, backends, saved outputs)."""
-        text = json.dumps([s.to_dict() for s in self.steps], sort_keys=True, default=str)
+        """Hash of the steps (operators, parameters, content of the files they load, backends, saved outputs)."""
+        text = json.dumps([{**s.to_dict(), "token": s.op.token()} for s in self.steps], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # -- resolution ----------------------------------------------------------
@@ -338,6 +336,7 @@ class Pipeline:
 
         Examples
         --------
+        >>> import numpy as np
         >>> from operators.base import Operator
         >>> Pipeline([Operator()]).resolve(InputSpec((1, 1), (2, 2), np.dtype("u1")))
         Traceback (most recent call last):
@@ -345,16 +344,17 @@ class Pipeline:
         schemas.errors.PipelineError: pipeline: step 'Operator': resolve() is not defined (fix: implement Operator.resolve)
         """
         resolved: list[ResolvedStep] = []
-        frames_ready = 0  # round in which the current frames exist
+        provider: ResolvedStep | None = None
         for index, step in enumerate(self.steps):
             where = f"pipeline: step {step.name!r}"
+            get_backend(step.backend, where)
             if step.backend not in step.op.backends:
                 raise PipelineError(where, f"backend {step.backend!r} is not supported by {step.op.name}",
                                     f"use one of {', '.join(step.op.backends)}")
-            if check_backends and step.backend in GPU_BACKENDS:
-                _require_gpu(step.backend, where)
-            if int(step.op.passes) < 1:
-                raise PipelineError(where, f"passes must be >= 1, got {step.op.passes}", "fix the operator")
+            if check_backends:
+                require_backend(step.backend, where)
+            if int(step.op.max_passes()) < 1:
+                raise PipelineError(where, f"passes must be >= 1, got {step.op.max_passes()}", "fix the operator")
             try:
                 outputs = step.op.resolve(spec)
             except NotImplementedError:
@@ -377,44 +377,17 @@ class Pipeline:
                         close = difflib.get_close_matches(name, list(outputs), n=1)
                         fix = f"did you mean {close[0]!r}?" if close else f"outputs are: {', '.join(outputs)}"
                         raise PipelineError(where, f"save names unknown output {name!r}", fix)
-            rs = ResolvedStep(step, index, spec, outputs, start=frames_ready, frames_output=frames[0] if frames else None)
+            if step.materialize and not frames:
+                raise PipelineError(where, "materialize is set but the step has no frames output",
+                                    "remove 'materialize' from this step")
+            rs = ResolvedStep(step, index, spec, outputs, frames_output=frames[0] if frames else None,
+                              provider=provider.name if provider else None)
             resolved.append(rs)
             if rs.frames_output:
                 out = outputs[rs.frames_output]
                 spec = spec.with_frames(out.extra_shape, out.dtype)
-                frames_ready = rs.last
-        n_rounds = max(s.last for s in resolved) + 1
-        return ResolvedPipeline(self, resolved[0].spec, resolved, n_rounds)
-
-    # -- running -------------------------------------------------------------
-    def run(self, data: Any, output: str | os.PathLike | None = None, *, executor: Any = "inline",
-            chunk_frames: int | None = None, overwrite: bool = False, progress: bool = False,
-            **kwargs: Any) -> dict[str, np.ndarray]:
-        """Run on an array or a cube path; return results by ``<step>/<output>``.
-
-        Parameters
-        ----------
-        data
-            A 4-d array ``(scan_y, scan_x, det_y, det_x)``, a ``.zarr`` cube
-            path, or any :class:`~flow.sources.ChunkSource`.
-        output
-            A result store path (resumable); ``None`` keeps results in memory.
-        executor
-            ``"inline"``, ``"threads"``, ``"local"``, a scheduler address, or
-            an executor object.
-        chunk_frames
-            Frames per chunk (overrides the pipeline's ``chunk_frames``).
-
-        Examples
-        --------
-        See the module example.
-        """
-        from flow.engine import run_pipeline
-
-        report = run_pipeline(self, data, output=output, executor=executor,
-                              chunk_frames=chunk_frames or self.chunk_frames, overwrite=overwrite,
-                              progress=progress, **kwargs)
-        return report.results
+                provider = rs
+        return ResolvedPipeline(self, resolved[0].spec, resolved, _max_rounds(resolved))
 
 
 def _check_outputs(outputs: dict[str, Any], where: str) -> dict[str, OutputSpec]:
@@ -467,21 +440,14 @@ def _check_products(op: Operator, spec: InputSpec, outputs: dict[str, OutputSpec
                                     f"{list(var.dims)} of kind {var.kind!r}", "match schemas.results.PRODUCTS")
 
 
-def _require_gpu(backend: str, where: str) -> None:
-    try:
-        if backend == "cupy":
-            import cupy
-
-            ok = cupy.cuda.runtime.getDeviceCount() > 0
-        else:
-            import torch
-
-            ok = torch.cuda.is_available()
-    except Exception:
-        ok = False
-    if not ok:
-        raise BackendUnavailableError(where, f"backend {backend!r} needs CUDA, which is not available here",
-                                      "run on a machine with a GPU, or set 'backend: numpy' on this step")
+def _max_rounds(steps: list[ResolvedStep]) -> int:
+    # A step starts in its provider's final round (the provider's final frames exist there) and runs
+    # `passes` rounds; exact for fixed passes, an upper bound for iterative steps.
+    last: dict[str, int] = {}
+    for step in steps:
+        start = last[step.provider] if step.provider else 0
+        last[step.name] = start + step.passes - 1
+    return max(last.values()) + 1
 
 
 def load_pipeline(path: str | os.PathLike | dict | Pipeline) -> Pipeline:

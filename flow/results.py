@@ -36,7 +36,8 @@ Examples
 ...     def process(self, frames, ctx):
 ...         return {"mean": frames.reshape(len(frames), -1).mean(axis=1)}
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "r.zarr"
->>> _ = Pipeline([Mean()]).run(np.ones((2, 2, 3, 3), "uint8"), output=out)
+>>> from flow.engine import run_pipeline
+>>> _ = run_pipeline(Pipeline([Mean()]), np.ones((2, 2, 3, 3), "uint8"), out)
 >>> import xarray as xr
 >>> xr.open_zarr(out, group="mean_example", consolidated=False)["mean"].dims
 ('scan_y', 'scan_x')
@@ -64,9 +65,10 @@ if TYPE_CHECKING:
 
 # Progress records live in OUT.zarr/_progress (no zarr.json) only while a run
 # is incomplete; zarr warns about them when listing members. That is expected.
-warnings.filterwarnings("ignore", message="Object at _progress is not recognized", category=UserWarning)
+warnings.filterwarnings("ignore", message="Object at _(progress|acquisition) is not recognized", category=UserWarning)
 
-__all__ = ["ResultSink", "MemorySink", "ZarrResultStore", "open_results"]
+__all__ = ["ResultSink", "MemorySink", "ZarrResultStore", "open_results", "write_result_region", "read_result_region",
+           "MATERIALIZED"]
 
 
 def _fill(dtype: np.dtype) -> Any:
@@ -88,8 +90,12 @@ class ResultSink:
         """Create the outputs (or check a store being resumed)."""
 
     def round_complete(self, round_: int) -> dict[str, Any] | None:
-        """States after ``round_`` if it finished in an earlier run, else None."""
+        """The record of ``round_`` (``{"states": ..., "schedule": ...}``) if it finished in an earlier run."""
         return None
+
+    def worker_plan(self) -> tuple[str | None, frozenset[str], dict[str, str]]:
+        """``(store path, keys written by workers, materialised frames by step)``; default: nothing on workers."""
+        return None, frozenset(), {}
 
     def done_chunks(self, round_: int) -> set[int]:
         """Chunk indices of ``round_`` whose per-frame outputs are written."""
@@ -108,8 +114,8 @@ class ResultSink:
     def save_partials(self, round_: int, merged: dict[str, dict[str, Any]], n_merged: int, final: bool) -> None:
         """Checkpoint merged partials covering chunks ``0..n_merged-1``."""
 
-    def finish_round(self, round_: int, states: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
-        """Store the final sig/single outputs of steps ending this round and the states."""
+    def finish_round(self, round_: int, record: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
+        """Store the final sig/single outputs of steps ending this round and the round record (states, schedule)."""
 
     def complete(self) -> None:
         """Mark the results complete."""
@@ -147,7 +153,7 @@ class MemorySink(ResultSink):
             arr = self._arrays[key]
             arr[region.y[0]:region.y[1], region.x[0]:region.x[1]] = value.reshape(*region.shape, *arr.shape[2:])
 
-    def finish_round(self, round_: int, states: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
+    def finish_round(self, round_: int, record: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
         self._arrays.update(finals)
 
     def results(self) -> dict[str, np.ndarray]:
@@ -175,6 +181,9 @@ class ZarrResultStore(ResultSink):
         self.group: zarr.Group | None = None
         self._arrays: dict[str, Any] = {}
         self.resumed = False
+        #: Step name -> key of its materialised final frames (set by the engine before open()).
+        self.materialize: dict[str, str] = {}
+        self._worker_keys: frozenset[str] = frozenset()
 
     # -- opening -------------------------------------------------------------
     def _run_record(self, plan, source) -> dict[str, Any]:
@@ -217,6 +226,8 @@ class ZarrResultStore(ResultSink):
             self._create_arrays(plan, source)
         for key in plan.result_outputs():
             self._arrays[key] = self.group[key].with_config(ARRAY_CONFIG)  # config is not stored on disk
+        frame_keys = {k for k, (_s, _n, out) in plan.result_outputs().items() if out.kind == "frames"}
+        self._worker_keys = frozenset(frame_keys | set(self.materialize.values()))
         self._progress = final / "_progress"
         self._progress.mkdir(exist_ok=True)
         legacy = sorted(p.relative_to(final).as_posix() for p in self._progress.rglob("*.pkl"))
@@ -262,24 +273,24 @@ class ZarrResultStore(ResultSink):
                                     "cannot resume into it", fix)
 
     def _create_arrays(self, plan, source) -> None:
-        gy, gx = source.grid
+        assert self.group is not None  # opened by open()
         for step in plan.steps:
             saved = {k: v for k, v in step.outputs.items() if step.saved(k)}
             if not saved:
                 continue
-            assert self.group is not None  # opened by open()
             sub = self.group.create_group(step.name)
             sub.attrs.update(_step_attrs(step))
             for name, out in saved.items():
-                shape = out.result_shape(plan.input.scan_shape)
-                if out.per_frame:
-                    chunks = (gy, gx, *out.extra_shape)
-                else:
-                    chunks = tuple(max(1, s) for s in shape)
-                sub.create_array(name, shape=shape, chunks=chunks, dtype=out.dtype, fill_value=_fill(out.dtype),
-                                 compressors=_compressors(), config=ARRAY_CONFIG, dimension_names=_dims(name, out),
-                                 attributes={"kind": out.kind, "description": out.description,
-                                             "operator": step.op.name})
+                _create_output(sub, name, out, step, plan.input.scan_shape, source.grid)
+        for step_name, key in self.materialize.items():
+            if key.startswith(MATERIALIZED + "/"):
+                step = plan.step(step_name)
+                holder = self.group.require_group(MATERIALIZED)
+                _create_output(holder, step_name, step.outputs[step.frames_output], step, plan.input.scan_shape,
+                               source.grid)
+
+    def worker_plan(self) -> tuple[str | None, frozenset[str], dict[str, str]]:
+        return self.path, self._worker_keys, dict(self.materialize)
 
     # -- progress ------------------------------------------------------------
     def _round_dir(self, round_: int) -> Path:
@@ -290,7 +301,7 @@ class ZarrResultStore(ResultSink):
     def round_complete(self, round_: int) -> dict[str, Any] | None:
         folder = self._progress / f"round{round_}"
         if (folder / "complete").exists():
-            return load_record(folder / "state.npz")
+            return cast(dict[str, Any], load_record(folder / "state.npz"))
         return None
 
     def done_chunks(self, round_: int) -> set[int]:
@@ -318,11 +329,11 @@ class ZarrResultStore(ResultSink):
         save_record(self._round_dir(round_) / "partials.npz", {"merged": merged, "n_merged": n_merged},
                     where=f"{self.path}: partials of round {round_}")
 
-    def finish_round(self, round_: int, states: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
+    def finish_round(self, round_: int, record: dict[str, Any], finals: dict[str, np.ndarray]) -> None:
         for key, value in finals.items():
             self._arrays[key][...] = value
         folder = self._round_dir(round_)
-        save_record(folder / "state.npz", states, where=f"{self.path}: state after round {round_}")
+        save_record(folder / "state.npz", record, where=f"{self.path}: state after round {round_}")
         (folder / "complete").touch()
 
     def complete(self) -> None:
@@ -330,6 +341,8 @@ class ZarrResultStore(ResultSink):
 
         marker = StoreMarker(kind="result", complete=True).model_dump()
         assert self.group is not None  # opened by open()
+        if MATERIALIZED in self.group:  # frames kept only for later passes, not asked to be saved
+            shutil.rmtree(Path(self.path) / MATERIALIZED, ignore_errors=True)
         self.group.attrs.update({"manifest": store_manifest(self.path), "diffraflow": marker})
         shutil.rmtree(self._progress, ignore_errors=True)
 
@@ -354,6 +367,85 @@ class ZarrResultStore(ResultSink):
         marker: dict[str, Any] = (
             dict(cast(Mapping[str, Any], self.group.attrs.get("diffraflow", {}))) if self.group is not None else {})
         return bool(marker.get("complete"))
+
+
+#: Group of frames kept for later passes but not saved (removed when the store is complete).
+MATERIALIZED = "_materialized"
+
+
+def _create_output(group, name: str, out, step, scan_shape: tuple[int, int], grid: tuple[int, int]) -> None:
+    """One result array. Per-frame outputs have one chunk (or, for frames, one shard) per region, so each
+    region is written whole by a single writer: the driver, or for frames the worker that computed them."""
+    from flow.store import checksum_codecs, frame_compressors
+
+    gy, gx = grid
+    shape = out.result_shape(scan_shape)
+    attributes = {"kind": out.kind, "description": out.description, "operator": step.op.name}
+    if out.kind == "frames":
+        group.create_array(name, shape=shape, shards=(gy, gx, *out.extra_shape), chunks=(1, gx, *out.extra_shape),
+                           dtype=out.dtype, fill_value=_fill(out.dtype),
+                           compressors=[*frame_compressors(), *checksum_codecs()], config=ARRAY_CONFIG,
+                           dimension_names=_dims(name, out), attributes=attributes)
+        return
+    chunks = (gy, gx, *out.extra_shape) if out.per_frame else tuple(max(1, s) for s in shape)
+    group.create_array(name, shape=shape, chunks=chunks, dtype=out.dtype, fill_value=_fill(out.dtype),
+                       compressors=_compressors(), config=ARRAY_CONFIG, dimension_names=_dims(name, out),
+                       attributes=attributes)
+
+
+# Arrays opened by this worker process for writing or reading regions (metadata read once).
+_OPEN_ARRAYS: dict[tuple[str, str], Any] = {}
+
+
+def _result_array(store: str, key: str):
+    import zarr
+
+    found = _OPEN_ARRAYS.get((store, key))
+    if found is None:
+        found = zarr.open_array(str(Path(store) / key), mode="r+", zarr_format=3).with_config(ARRAY_CONFIG)
+        _OPEN_ARRAYS[(store, key)] = found
+    return found
+
+
+def write_result_region(store: str | None, key: str, region, value: np.ndarray) -> None:
+    """Write one region's frame-sized output into the result store, from the worker that computed it.
+
+    Each region is exactly one shard of the array, so no two writers ever touch one shard.
+
+    Examples
+    --------
+    >>> write_result_region(None, "x/frames", None, np.zeros(1))
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PipelineError: x/frames: a worker-written output needs a result store (fix: run with an output store)
+    """
+    from schemas.errors import PipelineError
+
+    if store is None:
+        raise PipelineError(key, "a worker-written output needs a result store", "run with an output store")
+    arr = _result_array(store, key)
+    arr[region.y[0]:region.y[1], region.x[0]:region.x[1]] = value.reshape(*region.shape, *arr.shape[2:])
+
+
+def read_result_region(store: str | None, key: str, region) -> np.ndarray:
+    """Frames of one region from a materialised frames array, as ``(n, det_y, det_x)``; missing data is an error.
+
+    Examples
+    --------
+    >>> read_result_region(None, "x/frames", None)
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PipelineError: x/frames: materialised frames need a result store (fix: run with an output store)
+    """
+    from flow.store import check_region_present
+    from schemas.errors import PipelineError
+
+    if store is None:
+        raise PipelineError(key, "materialised frames need a result store", "run with an output store")
+    arr = _result_array(store, key)
+    check_region_present(Path(store) / key, arr.metadata.to_dict(), region.y, region.x)
+    block = np.asarray(arr[region.y[0]:region.y[1], region.x[0]:region.x[1]])
+    return block.reshape(region.n, *arr.shape[2:])
 
 
 def _compressors() -> list[Any]:

@@ -40,7 +40,8 @@ from operators.base import InputSpec
 from schemas.chunking import choose_layout
 from schemas.errors import SchemaError
 
-__all__ = ["Region", "ChunkSource", "ZarrCubeSource", "ArraySource", "region_grid", "iter_regions"]
+__all__ = ["Region", "ChunkSource", "GrowingSource", "ZarrCubeSource", "ArraySource", "region_grid",
+           "iter_regions"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,23 @@ class ChunkSource(Protocol):
         ...
 
 
+@runtime_checkable
+class GrowingSource(ChunkSource, Protocol):
+    """A source whose regions become readable over time (a cube still being written, a live stream).
+
+    :meth:`ChunkSource.regions` still lists every region of the scan (the
+    scan shape is known from the start); :meth:`poll` says which of them can
+    be read now. The engine waits on "a task finished" and "new regions" together.
+    """
+
+    growing: bool
+
+    def poll(self, timeout: float) -> tuple[list[Region], bool]:
+        """Regions that became readable since the last call, waiting up to ``timeout`` s for one;
+        and whether the source has ended (no region will come any more)."""
+        ...
+
+
 # Per-process cache of opened Zarr arrays: a task re-opening the store for
 # every chunk would re-read its metadata each time.
 _OPEN: dict[str, Any] = {}
@@ -201,9 +219,12 @@ def _open_patterns(path: str, variable: str):
 
 
 class ZarrCubeSource:
-    """Frames of a complete scan cube (:func:`flow.store.open_cube` layout).
+    """Frames of a scan cube (:func:`flow.store.open_cube` layout), complete or still being acquired.
 
-    Opening checks the store marker and metadata and reads no frames.
+    Opening checks the store marker and metadata and reads no frames. A cube
+    written in place by an acquisition (``create_cube(..., in_place=True)``)
+    is *followed*: :attr:`growing` is true, and :meth:`poll` hands out the
+    regions its acquisition record lists as persisted, until it is complete.
 
     Parameters
     ----------
@@ -229,11 +250,15 @@ class ZarrCubeSource:
     """
 
     def __init__(self, path: str | os.PathLike, chunk_frames: int | None = None, variable: str = "patterns") -> None:
-        from flow.store import open_cube_group
+        from flow.store import acquisition_progress, open_cube_group
 
         self.path = str(Path(path).expanduser().absolute())
         self.variable = variable
-        group, scan = open_cube_group(self.path)
+        group, scan = open_cube_group(self.path, allow_acquiring=True)
+        progress = acquisition_progress(self.path)
+        #: True while the cube is being acquired: regions are handed out as they are persisted.
+        self.growing = bool(progress and progress.get("state") == "acquiring")
+        self._delivered: set[int] = set()
         if variable not in group:
             raise SchemaError(f"{self.path}: {variable}", "store has no such array", "pass a scan cube")
         arr = group[variable]
@@ -247,7 +272,7 @@ class ZarrCubeSource:
         self._created = scan.provenance.created
 
     def variables(self) -> dict[str, Any]:
-        """The cube's other arrays (backgrounds, masks, ground truth), lazily, for ``bind_store_variables``."""
+        """The cube's other arrays (backgrounds, masks, ground truth), lazily, for :meth:`Operator.bind`."""
         import zarr
 
         group = zarr.open_group(self.path, mode="r", zarr_format=3)
@@ -255,6 +280,42 @@ class ZarrCubeSource:
 
     def regions(self) -> Iterator[Region]:
         return iter_regions(self.spec.scan_shape, self.grid)
+
+    def poll(self, timeout: float) -> tuple[list[Region], bool]:
+        """Regions whose frames the acquisition has persisted since the last call (see :class:`GrowingSource`).
+
+        Raises
+        ------
+        InputFileError
+            The acquisition was aborted, or its writer on this machine is gone.
+        """
+        import time
+
+        from flow.locks import HOST, pid_alive
+        from flow.store import acquisition_progress
+        from schemas.errors import InputFileError
+
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            progress = acquisition_progress(self.path) or {"state": "complete"}
+            state = progress.get("state")
+            persisted = self.spec.n_frames if state == "complete" else int(progress.get("frames_persisted", 0))
+            sx = self.spec.scan_shape[1]
+            fresh = [r for r in self.regions() if r.index not in self._delivered
+                     and (r.y[1] - 1) * sx + r.x[1] <= persisted]
+            self._delivered.update(r.index for r in fresh)
+            if state == "aborted":
+                raise InputFileError(self.path, f"the acquisition was aborted after {persisted} of "
+                                     f"{self.spec.n_frames} frames", "process the frames there are after "
+                                     "converting them to a complete cube, or re-acquire")
+            writer = progress.get("writer") or {}
+            if state == "acquiring" and writer.get("host") == HOST and not pid_alive(int(writer.get("pid", 0))):
+                raise InputFileError(self.path, f"the acquisition's writer (pid {writer.get('pid')}) is gone after "
+                                     f"{persisted} of {self.spec.n_frames} frames", "re-acquire the scan")
+            ended = state == "complete" and len(self._delivered) == self.n_regions()
+            if fresh or ended or time.monotonic() >= deadline:
+                return fresh, ended
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def n_regions(self) -> int:
         """How many regions :meth:`regions` yields."""

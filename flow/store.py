@@ -93,6 +93,8 @@ __all__ = [
     "check_region_present",
     "open_cube_group",
     "verify_checksums",
+    "acquisition_progress",
+    "write_acquisition_progress",
 ]
 
 #: Zarr array configuration for everything diffraflow writes: every chunk is stored, even one equal
@@ -327,8 +329,12 @@ class FrameArrayWriter:
 
     def __init__(self, group, name: str, layout: CubeLayout, dtype: np.dtype,
                  dims: Sequence[str] = SCAN_DIMS, where: str = "input",
-                 attributes: dict[str, Any] | None = None, check_finite: bool = True) -> None:
+                 attributes: dict[str, Any] | None = None, check_finite: bool = True,
+                 on_flush: Any = None) -> None:
         self.layout = validate_layout(layout, where=name)
+        #: Called with the number of frames persisted (whole shards, a prefix in scan order) after each flush.
+        self.on_flush = on_flush
+        self.persisted = 0
         self.dtype = np.dtype(dtype)
         self.where = where
         self.name = name
@@ -433,6 +439,9 @@ class FrameArrayWriter:
         block = self._buffer[: rows * cols].reshape(rows, cols, *self._frame_shape)
         self.array[y0:y0 + rows, x0:x0 + cols] = block
         self._fill = 0
+        self.persisted += rows * cols
+        if self.on_flush is not None:
+            self.on_flush(self.persisted)
         sx = self.layout.shape[1]
         if x0 + cols < sx:
             self._shard_origin = (y0, x0 + cols)
@@ -524,23 +533,36 @@ class CubeWriter(TemporaryStoreWriter):
 
     The writer is a context manager: leaving the block without
     :meth:`finalize` (for instance on an error) deletes the partial store.
+
+    With ``in_place=True`` (an acquisition: frames that exist nowhere else)
+    the cube is written at its final path from the start, marked incomplete,
+    and an **acquisition record** (``_acquisition/progress.json``, kept apart
+    from the data) says after every flushed shard how many frames are
+    persisted, so readers can follow it (``diffraflow info`` shows "acquiring:
+    N of M frames", ``diffraflow run`` processes what is there and waits for
+    the rest). Such a cube is never deleted: an error marks it ``aborted``.
     """
 
     kind = "scan_cube"
 
     def __init__(self, final: Path, temp: Path, layout: CubeLayout, dtype: np.dtype,
-                 attrs: ScanAttrs, overwrite: bool, where: str) -> None:
+                 attrs: ScanAttrs, overwrite: bool, where: str, in_place: bool = False) -> None:
         import zarr
 
         self.final = final
-        self.temp = temp
+        self.in_place = in_place
+        self.temp = final if in_place else temp
         self.layout = layout
         self.overwrite = overwrite
         self.where = where
         self.attrs = attrs
         self.claim()
-        if temp.exists():  # our own name (host and pid): left by this very process
-            shutil.rmtree(temp)
+        if in_place and final.exists():  # an earlier diffraflow cube (prepare_output_path checked it)
+            shutil.rmtree(final)
+            notify(f"replaced the earlier scan cube store at {final}")
+        if self.temp.exists():  # our own name (host and pid): left by this very process
+            shutil.rmtree(self.temp)
+        temp = self.temp
         try:
             self.group = zarr.open_group(str(temp), mode="w", zarr_format=3)
         except PermissionError:
@@ -550,9 +572,17 @@ class CubeWriter(TemporaryStoreWriter):
             "diffraflow": StoreMarker(kind="scan_cube").model_dump(),
             "scan": attrs.model_dump(mode="json"),
         })
-        self.patterns = FrameArrayWriter(self.group, "patterns", layout, dtype, where=where)
+        self.patterns = FrameArrayWriter(self.group, "patterns", layout, dtype, where=where,
+                                         on_flush=self._persisted if in_place else None)
         self._frame_writers: list[FrameArrayWriter] = [self.patterns]
         self._finalized = False
+        if in_place:
+            self._persisted(0)
+
+    def _persisted(self, frames: int, state: str = "acquiring") -> None:
+        n = self.layout.shape[0] * self.layout.shape[1]
+        write_acquisition_progress(self.temp, {"state": state, "frames_persisted": int(frames), "frames_expected": n,
+                                               "writer": {"host": HOST, "pid": os.getpid()}})
 
     def add_frame_variable(self, name: str, dtype: Any = None, dims: Sequence[str] = SCAN_DIMS) -> FrameArrayWriter:
         """Another frame-shaped variable (e.g. ground-truth clean patterns), same layout.
@@ -611,7 +641,22 @@ class CubeWriter(TemporaryStoreWriter):
             "manifest": store_manifest(self.temp),
             "diffraflow": StoreMarker(kind="scan_cube", complete=True).model_dump(),
         })
+        if self.in_place:
+            self._persisted(self.patterns.persisted, "complete")
+            self._finalized = True
+            self._release()
+            return self.final
         return self.publish()
+
+    def abort(self) -> None:
+        """Delete the partial store; an in-place acquisition is kept and marked ``aborted`` instead."""
+        if self.in_place and not self._finalized:
+            try:
+                self._persisted(self.patterns.persisted, "aborted")
+            finally:
+                self._release()
+            return
+        super().abort()
 
 
 def create_cube(
@@ -628,6 +673,7 @@ def create_cube(
     layout: CubeLayout | None = None,
     where: str | None = None,
     inputs: Iterable[str | os.PathLike] = (),
+    in_place: bool = False,
 ) -> CubeWriter:
     """Start writing a new scan cube at ``path``.
 
@@ -651,6 +697,9 @@ def create_cube(
         Name of the input for error messages (defaults to ``path``).
     inputs
         Files the cube is made from: never overwritten, whatever ``overwrite`` says.
+    in_place
+        Write at ``path`` directly with an acquisition record that readers
+        follow (for frames arriving live); see :class:`CubeWriter`.
 
     Examples
     --------
@@ -670,7 +719,7 @@ def create_cube(
     dtype = np.dtype(dtype)
     if layout is None:
         layout = choose_layout(scan_shape, det_shape, dtype.itemsize, chunk_bytes, shard_bytes, chunk_frames)
-    return CubeWriter(final, temp, layout, dtype, scan, overwrite, where)
+    return CubeWriter(final, temp, layout, dtype, scan, overwrite, where, in_place=in_place)
 
 
 def open_group_checked(path: str | os.PathLike, kind: str | None = None, require_complete: bool = True):
@@ -919,7 +968,49 @@ def verify_checksums(path: str | os.PathLike, progress: bool = False) -> int:
     return total
 
 
-def open_cube_group(path: str | os.PathLike):
+ACQUISITION_RECORD = "_acquisition/progress.json"
+
+
+def write_acquisition_progress(store: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Replace the acquisition record of an in-place cube atomically (readers never see half of it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> write_acquisition_progress(folder, {"state": "acquiring", "frames_persisted": 0, "frames_expected": 4})
+    >>> acquisition_progress(folder)["state"]
+    'acquiring'
+    """
+    import datetime as dt
+    import json
+
+    target = Path(store) / ACQUISITION_RECORD
+    target.parent.mkdir(exist_ok=True)
+    body = {**record, "updated": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")}
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, target)
+
+
+def acquisition_progress(store: str | os.PathLike) -> dict[str, Any] | None:
+    """The acquisition record of a cube written in place, or None (a cube written whole).
+
+    Examples
+    --------
+    >>> acquisition_progress("/no/such/cube.zarr") is None
+    True
+    """
+    import json
+
+    try:
+        record = json.loads((Path(store) / ACQUISITION_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def open_cube_group(path: str | os.PathLike, allow_acquiring: bool = False):
     """Open a complete scan cube and check that it agrees with itself; returns ``(group, ScanAttrs)``.
 
     Beyond the schema, the metadata must describe the arrays actually stored:
@@ -939,7 +1030,17 @@ def open_cube_group(path: str | os.PathLike):
     ...
     schemas.errors.StoreNotFoundError: /no/such/cube.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
     """
-    group = open_group_checked(path, kind="scan_cube")
+    progress = acquisition_progress(path)
+    state = progress.get("state") if progress else None
+    if state == "aborted":
+        raise InputFileError(str(path), f"the acquisition was aborted after {progress.get('frames_persisted')} "
+                             f"of {progress.get('frames_expected')} frames", "process the frames there are after "
+                             "converting them to a complete cube, or re-acquire")
+    if state == "acquiring" and not allow_acquiring:
+        raise IncompleteStoreError(str(path), f"still being acquired ({progress.get('frames_persisted')} of "
+                                   f"{progress.get('frames_expected')} frames so far)",
+                                   "wait for the acquisition to end, or run a pipeline on it: runs follow it")
+    group = open_group_checked(path, kind="scan_cube", require_complete=state != "acquiring")
     scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
     fix = "the store's metadata was edited or damaged; restore it, or re-create the store with diffraflow"
     if "patterns" not in group:

@@ -17,7 +17,14 @@ zarr's codecs:
 * :meth:`Operator.merge` combines two partial reductions (default: sum), and
   :meth:`Operator.finalize` turns the merged partials of a pass into final
   outputs or, for **multi-pass** operators (``passes > 1``), into the state
-  handed to the next pass through :attr:`ChunkContext.state`.
+  handed to the next pass through :attr:`ChunkContext.state`;
+* **iterative** operators (NMF, fuzzy c-means...) iterate until their own
+  convergence test: ``finalize`` returns :class:`NextPass` (another pass),
+  :class:`LastPass` (one more pass, the one that produces the per-frame
+  outputs) or the final outputs, within :meth:`Operator.max_passes`;
+* :meth:`Operator.bind` receives the input store's variables (static
+  background, per-point projection centre) before resolution, and
+  :meth:`Operator.warm_up` compiles kernels before the run is timed.
 
 Output kinds
 ------------
@@ -52,7 +59,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
@@ -61,6 +68,9 @@ import numpy as np
 from schemas.errors import PipelineError
 
 __all__ = [
+    "NextPass",
+    "LastPass",
+    "file_sha256",
     "OutputKind",
     "InputSpec",
     "OutputSpec",
@@ -76,7 +86,6 @@ __all__ = [
 ]
 
 OutputKind = Literal["nav", "frames", "sig", "single"]
-Backend = Literal["numpy", "cupy", "torch"]
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,10 @@ class ChunkContext:
     scan_index
         ``(n, 2)`` array of the ``(y, x)`` scan positions of the chunk's frames.
     backend
-        The backend chosen for this run (``numpy``, ``cupy`` or ``torch``).
+        The step's backend (see :mod:`schemas.backends`): ``numpy``, ``cupy``,
+        ``torch-cpu`` or ``torch-cuda``.
+    final_pass
+        True in the pass whose per-frame outputs are kept (the last one).
     """
 
     spec: InputSpec
@@ -202,18 +214,44 @@ class ChunkContext:
     flat_start: int = 0
     scan_index: np.ndarray | None = None
     backend: str = "numpy"
+    final_pass: bool = True
 
     @property
     def xp(self):
-        """The array module of the backend (numpy or cupy)."""
-        if self.backend == "cupy":
-            import cupy
+        """The array library of the backend: numpy, cupy or torch."""
+        from schemas.backends import array_module
 
-            return cupy
-        return np
+        return array_module(self.backend)
 
 
-def param(default: Any = dataclasses.MISSING, *, doc: str, choices: tuple | None = None, **kwargs: Any):
+@dataclass(frozen=True)
+class NextPass:
+    """Returned by :meth:`Operator.finalize`: run another pass with ``state`` (not the last one).
+
+    Examples
+    --------
+    >>> NextPass({"v": 1}).state
+    {'v': 1}
+    """
+
+    state: Any
+
+
+@dataclass(frozen=True)
+class LastPass:
+    """Returned by :meth:`Operator.finalize`: run one more pass with ``state``; its per-frame outputs are kept.
+
+    Examples
+    --------
+    >>> LastPass({"v": 1}).state
+    {'v': 1}
+    """
+
+    state: Any
+
+
+def param(default: Any = dataclasses.MISSING, *, doc: str, choices: tuple | None = None, file: bool = False,
+          **kwargs: Any):
     """Declare an operator parameter with its documentation.
 
     Examples
@@ -225,8 +263,13 @@ def param(default: Any = dataclasses.MISSING, *, doc: str, choices: tuple | None
     ...     factor: float = param(2.0, doc="multiply every pixel by this")
     >>> operator_parameters(Scale)[0]["doc"]
     'multiply every pixel by this'
+
+    ``file=True`` marks a parameter that names a file the operator loads
+    (model weights, a look-up table): its content hash becomes part of the
+    operator's :meth:`~Operator.token`, so a changed file is never silently
+    reused by a worker's constants cache or by a resumed run.
     """
-    metadata = {"doc": doc, "choices": choices}
+    metadata = {"doc": doc, "choices": choices, "file": file}
     if isinstance(default, list | dict | set):
         def _copy_default(d: Any = default) -> Any:
             return type(d)(d)
@@ -236,7 +279,7 @@ def param(default: Any = dataclasses.MISSING, *, doc: str, choices: tuple | None
 
 
 def internal_field(default: Any = None):
-    """A dataclass field that the engine binds from the input store (``bind_store_variables``).
+    """A dataclass field that the engine binds from the input store (:meth:`Operator.bind`).
 
     Internal fields are not parameters: pipeline files cannot set them, and they
     are left out of :meth:`Operator.params` and :meth:`Operator.token` (the
@@ -264,14 +307,53 @@ class Operator:
     name
         Registry name used in pipeline files.
     backends
-        Backends the kernel supports, in order of preference.
+        Backends the kernel supports (:mod:`schemas.backends`), in order of preference.
     passes
-        Number of passes over the data.
+        Number of passes over the data (the most an iterative operator may
+        take: see :meth:`max_passes`).
+    max_concurrency
+        At most this many chunks of this step run at once in one process
+        (``1`` for kernels that are themselves parallel, such as numba
+        ``parallel=True`` code); ``None``: no limit.
+    expensive
+        Recomputing the operator's frames is costly (a neural network): when
+        later passes need them, the engine stores them once instead.
+    device_state
+        Keep partials and state on the backend's device and run
+        :meth:`finalize` on a worker with that backend, instead of moving
+        everything to host memory in the driver after each chunk.
     """
 
     name: ClassVar[str] = ""
     backends: ClassVar[tuple[str, ...]] = ("numpy",)
     passes: ClassVar[int] = 1
+    max_concurrency: ClassVar[int | None] = None
+    expensive: ClassVar[bool] = False
+    device_state: ClassVar[bool] = False
+
+    def max_passes(self) -> int:
+        """Most passes this operator may take (default :attr:`passes`; iterative operators: their ``max_iter``).
+
+        Examples
+        --------
+        >>> Operator().max_passes()
+        1
+        """
+        return int(self.passes)
+
+    def bind(self, variables: Mapping[str, Any]) -> Operator:
+        """Take what the operator needs from the input store's variables; return the bound operator.
+
+        The engine calls this once, before resolution, with the source's
+        variables (static background, per-point projection centre, ground
+        truth; lazily opened arrays). Default: nothing to bind.
+
+        Examples
+        --------
+        >>> op = Operator(); op.bind({"static_background": None}) is op
+        True
+        """
+        return self
 
     # -- declared behaviour -------------------------------------------------
     def resolve(self, spec: InputSpec) -> dict[str, OutputSpec]:
@@ -349,9 +431,53 @@ class Operator:
         >>> len(Operator().token())
         16
         """
-        text = json.dumps({"op": self.name or type(self).__name__, "params": self.params()}, sort_keys=True,
-                          default=str)
+        text = json.dumps({"op": self.name or type(self).__name__, "params": self.params(),
+                           "files": self.file_hashes()}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def file_hashes(self) -> dict[str, str]:
+        """Content hashes of the files named by ``file=True`` parameters (part of :meth:`token`).
+
+        Examples
+        --------
+        >>> Operator().file_hashes()
+        {}
+        """
+        hashes = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("file") and getattr(self, f.name):
+                hashes[f.name] = file_sha256(str(getattr(self, f.name)))
+        return hashes
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's content, cached by path, size and modification time.
+
+    A missing file hashes to ``"missing"`` (the operator's ``resolve``
+    reports it with a proper error).
+
+    Examples
+    --------
+    >>> file_sha256("/no/such/file")
+    'missing'
+    """
+    import os
+
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
 
 
 def _jsonable(value: Any) -> Any:
@@ -384,8 +510,13 @@ def register_operator(cls: type[Operator]) -> type[Operator]:
     >>> get_operator_class("noop_example") is Noop
     True
     """
+    from schemas.backends import BACKENDS
+
     if not cls.name:
         raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    unknown = [b for b in cls.backends if b not in BACKENDS]
+    if unknown:
+        raise TypeError(f"{cls.__name__}.backends names unknown backends {unknown}; use {list(BACKENDS)}")
     existing = _REGISTRY.get(cls.name)
     if existing is not None and existing.__qualname__ != cls.__qualname__:
         raise TypeError(f"operator name {cls.name!r} already used by {existing.__qualname__}")

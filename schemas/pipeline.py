@@ -8,8 +8,9 @@ A pipeline file::
       - op: virtual_image
         name: vbf                    # unique step name (default: the operator name)
         params: {radius: 5}          # operator parameters
-        backend: numpy               # optional: numpy, cupy, torch
+        backend: numpy               # optional: numpy, cupy, torch-cpu, torch-cuda
         save: [image]                # optional: true (all outputs), false, or names
+        materialize: true            # optional, frames steps: store the frames once for later passes
     output: {chunk_frames: 400}      # optional: frames per chunk
 
 The structure is checked here against :func:`pipeline_json_schema`; operator
@@ -33,6 +34,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from schemas.backends import BACKEND_NAMES
 from schemas.errors import PipelineError
 
 __all__ = ["PIPELINE_FORMAT", "pipeline_json_schema", "validate_pipeline_record", "read_pipeline_file"]
@@ -40,7 +42,7 @@ __all__ = ["PIPELINE_FORMAT", "pipeline_json_schema", "validate_pipeline_record"
 #: The pipeline-file format version this code reads.
 PIPELINE_FORMAT = 1
 
-_STEP_KEYS = ("op", "name", "params", "backend", "save")
+_STEP_KEYS = ("op", "name", "params", "backend", "save", "materialize")
 _TOP_KEYS = ("pipeline", "steps", "output")
 _OUTPUT_KEYS = ("chunk_frames",)
 
@@ -62,8 +64,12 @@ def pipeline_json_schema() -> dict[str, Any]:
             "op": {"type": "string", "minLength": 1, "description": "registered operator name"},
             "name": {**name, "description": "unique step name; results go under <name>/<output>"},
             "params": {"type": "object", "description": "operator parameters"},
-            "backend": {"type": "string", "enum": ["numpy", "cupy", "torch", "torch-cuda"],
+            "backend": {"type": "string", "enum": list(BACKEND_NAMES),
                         "description": "kernel backend; GPU backends need CUDA"},
+            "materialize": {"type": "boolean",
+                            "description": "frames steps: store the final frames once so that later passes "
+                                           "read them instead of recomputing (default: automatic for "
+                                           "expensive operators)"},
             "save": {"description": "outputs to store: true (all), false (none) or a list of names",
                      "oneOf": [{"type": "boolean"}, {"type": "array", "items": {"type": "string"}}]},
         },
@@ -140,6 +146,7 @@ def validate_pipeline_record(record: Any, where: str = "pipeline") -> dict[str, 
     fixes = {"params": "give parameters as a mapping, e.g. params: {radius: 5}",
              "name": "use letters, digits, '_', '-' or '.'",
              "save": "use true, false or a list of output names",
+             "materialize": "use true or false",
              "chunk_frames": "give a positive number of frames",
              "steps": "give steps as a list of '- op: NAME' items"}
     last = next((str(p) for p in reversed(path) if not isinstance(p, int)), "")

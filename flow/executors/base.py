@@ -28,8 +28,10 @@ Examples
 ...         return {"peak": OutputSpec("nav", "uint8")}
 ...     def process(self, frames, ctx):
 ...         return {"peak": frames.reshape(len(frames), -1).max(axis=1)}
+>>> from flow.schedule import Schedule
 >>> src = ArraySource(np.arange(32, dtype="uint8").reshape(2, 2, 2, 4))
->>> shared = RunShared(Pipeline([Peak()]).resolve(src.spec), src, {})
+>>> plan = Pipeline([Peak()]).resolve(src.spec)
+>>> shared = RunShared(plan, src, {}, Schedule(plan).next_round())
 >>> run_chunk(shared, next(iter(src.regions())), 0).per_frame["peak_example/peak"].tolist()
 [7, 15, 23, 31]
 """
@@ -48,7 +50,7 @@ import numpy as np
 from operators.base import ChunkContext
 from schemas.errors import PipelineError
 
-__all__ = ["RunShared", "ChunkResult", "run_chunk", "Executor", "to_numpy", "clear_constants"]
+__all__ = ["RunShared", "ChunkResult", "run_chunk", "run_finalize", "Executor", "to_numpy", "clear_constants"]
 
 
 @dataclass
@@ -63,11 +65,24 @@ class RunShared:
         A :class:`~flow.sources.ChunkSource` (a path and a grid; no data).
     states
         Per step name, what ``finalize`` returned after the step's previous pass.
+    round
+        The :class:`~flow.schedule.RoundPlan`: which steps compute, provide or load frames.
+    store
+        Path of the result store when outputs are written by workers, else None.
+    worker_keys
+        Result keys (``<step>/<output>``) that the task writes into ``store``
+        itself (frame-sized outputs), instead of returning them to the driver.
+    materialized
+        Step name -> result key of its stored final frames.
     """
 
     plan: Any
     source: Any
     states: dict[str, Any] = field(default_factory=dict)
+    round: Any = None
+    store: str | None = None
+    worker_keys: frozenset[str] = frozenset()
+    materialized: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,64 +163,129 @@ def to_numpy(value: Any) -> Any:
     return value
 
 
-def _to_backend(frames: np.ndarray, backend: str) -> Any:
-    if backend == "cupy":
+def _to_backend(frames: Any, backend: str) -> Any:
+    """``frames`` as the array type of ``backend`` (no copy when they already are)."""
+    from schemas.backends import get_backend
+
+    target = get_backend(backend)
+    if target.library == "numpy":
+        return to_numpy(frames)
+    if target.library == "cupy":
         import cupy
 
-        return cupy.asarray(frames)
-    return frames
+        return frames if isinstance(frames, cupy.ndarray) else cupy.asarray(frames)
+    import torch
+
+    device = "cuda" if target.gpu else "cpu"
+    if isinstance(frames, torch.Tensor):
+        return frames.to(device)
+    if type(frames).__module__.startswith("cupy") and not target.gpu:
+        frames = frames.get()
+    return torch.as_tensor(frames, device=device)
+
+
+# Per-step concurrency limits (Operator.max_concurrency), per process: a numba-parallel kernel already
+# uses every core, and two at once in one process only fight over them.
+_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+
+def _slot(step) -> Any:
+    import contextlib
+
+    limit = step.op.max_concurrency
+    if not limit:
+        return contextlib.nullcontext()
+    key = (step.name, int(limit))
+    with _CONSTANTS_LOCK:
+        semaphore = _SLOTS.setdefault(key, threading.BoundedSemaphore(int(limit)))
+    return semaphore
+
+
+def _checked(step, name: str, spec, value: Any, n: int) -> Any:
+    want = (n, *spec.extra_shape)
+    if tuple(value.shape) != want:
+        raise PipelineError(f"step {step.name!r}.{name}", f"process() returned shape {tuple(value.shape)} for "
+                            f"{n} frames, resolve() declared {want}", "make process() match resolve()")
+    return value
 
 
 def run_chunk(shared: RunShared, region, round_: int) -> ChunkResult:
-    """The task body: read one chunk, run the chain of steps, return outputs and partials.
+    """The task body: read one chunk, run the round's chain of steps, return outputs and partials.
+
+    Frame-sized outputs named in ``shared.worker_keys`` are written into the
+    result store here, on the worker (each region is one whole shard, so each
+    shard has one writer); everything else goes back to the driver.
 
     Raises
     ------
     PipelineError
         An operator returned a missing or mis-shaped per-frame output.
     """
+    from flow.results import read_result_region, write_result_region
+
     t0 = time.perf_counter()
     plan = shared.plan
-    frames = shared.source.read(region)
+    steps = {s.name: s for s in plan.steps}
+    frames: Any = shared.source.read(region) if shared.round.reads_source else None
     n = region.n
     per_frame: dict[str, np.ndarray] = {}
     partials: dict[str, dict[str, Any]] = {}
     scan_index = region.scan_index()
-    for step in plan.chain(round_):
-        active = step.start <= round_ <= step.last
-        pass_index = round_ - step.start if active else step.passes - 1
-        final = pass_index == step.passes - 1
-        ctx = ChunkContext(spec=step.spec, constants=_constants(step), pass_index=pass_index,
+    for link in shared.round.chain:
+        step = steps[link.step]
+        if link.action == "load":
+            frames = read_result_region(shared.store, shared.materialized[step.name], region)
+            continue
+        ctx = ChunkContext(spec=step.spec, constants=_constants(step), pass_index=link.pass_index,
                            state=shared.states.get(step.name), flat_start=region.flat_start,
-                           scan_index=scan_index, backend=step.step.backend)
-        out = step.op.process(_to_backend(frames, step.step.backend), ctx)
+                           scan_index=scan_index, backend=step.step.backend, final_pass=link.final)
+        with _slot(step):
+            out = step.op.process(_to_backend(frames, step.step.backend), ctx)
         if not isinstance(out, dict):
             raise PipelineError(f"step {step.name!r}", f"process() returned {type(out).__name__}, not a dict",
                                 "return {output_name: array}")
-        if not final:
-            partials[step.name] = {k: to_numpy(v) for k, v in out.items()}
+        keep_on_device = step.op.device_state and step.backend.gpu
+        if not link.final:
+            partials[step.name] = {k: (v if keep_on_device else to_numpy(v)) for k, v in out.items()}
             continue
+        computing = link.action == "compute"
         for name, spec in step.per_frame.items():
-            if not active and name != step.frames_output:
+            if not computing and name != step.frames_output:
                 continue  # a finished step rerun only for the frames it feeds forward
             if name not in out:
                 raise PipelineError(f"step {step.name!r}", f"process() did not return output {name!r} "
                                     f"(returned {sorted(out)})", "return every declared nav/frames output")
-            value = np.asarray(to_numpy(out[name]))
-            want = (n, *spec.extra_shape)
-            if value.shape != want:
-                raise PipelineError(f"step {step.name!r}.{name}", f"process() returned shape {value.shape} for "
-                                    f"{n} frames, resolve() declared {want}", "make process() match resolve()")
-            value = value.astype(spec.dtype, copy=False)
+            value = _checked(step, name, spec, out[name], n)
             if name == step.frames_output:
-                frames = value
-            if active and step.saved(name):
-                per_frame[step.step.key(name)] = value
-        if active:
-            rest = {k: to_numpy(v) for k, v in out.items() if k not in step.per_frame}
+                frames = value  # stays on the step's device for the next step
+            if not computing:
+                continue
+            key = step.step.key(name)
+            targets = [k for k in (key if step.saved(name) else None,
+                                   shared.materialized.get(step.name) if name == step.frames_output else None)
+                       if k is not None]
+            if not targets:
+                continue
+            host = np.asarray(to_numpy(value)).astype(spec.dtype, copy=False)
+            for target in dict.fromkeys(targets):
+                if target in shared.worker_keys:
+                    write_result_region(shared.store, target, region, host)
+                else:
+                    per_frame[target] = host
+        if computing:
+            rest = {k: (v if keep_on_device else to_numpy(v)) for k, v in out.items() if k not in step.per_frame}
             if rest:
                 partials[step.name] = rest
     return ChunkResult(region.index, round_, per_frame, partials, n, time.perf_counter() - t0)
+
+
+def run_finalize(plan: Any, step_name: str, partials: dict[str, Any], pass_index: int, state: Any,
+                 final: bool) -> Any:
+    """Run one step's ``finalize`` as a task (on a worker with the step's backend; see ``device_state``)."""
+    step = next(s for s in plan.steps if s.name == step_name)
+    ctx = ChunkContext(spec=step.spec, constants=_constants(step), pass_index=pass_index, state=state,
+                       backend=step.step.backend, final_pass=final)
+    return step.op.finalize(partials, ctx)
 
 
 class Executor(ABC):

@@ -28,7 +28,6 @@ Examples
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,12 +47,6 @@ from schemas.errors import PipelineError
 
 __all__ = ["HoughIndex"]
 
-# The indexer's numba kernels already run in parallel over all cores; two of them
-# called at once from the threads executor fight over the cores (measured: 333
-# against 2,238 frames/s on 2 cores). One kernel at a time per process keeps
-# reads and writes overlapping with compute without that contention.
-_KERNEL_LOCK = threading.Lock()
-
 _PC_CONVENTIONS = ("bruker", "tsl", "edax", "oxford", "emsoft", "emsoft4", "emsoft5", "amatek")
 
 
@@ -69,7 +62,12 @@ class HoughIndex(Operator):
     """
 
     name = "hough_index"
+    #: numpy: the numba CPU kernels; cupy: the CUDA path. The step's backend decides, nothing else.
     backends = ("numpy", "cupy")
+    # The indexer's numba kernels already run in parallel over all cores; two of them called at once
+    # from the threads executor fight over the cores (measured: 333 against 2,238 frames/s on 2 cores).
+    # One kernel at a time per process keeps reads and writes overlapping with compute.
+    max_concurrency = 1
 
     phases: tuple[str, ...] = param((), doc="phase names from the built-in library or CIF paths; "
                                            "default: the phases listed in the cube's metadata")
@@ -78,7 +76,6 @@ class HoughIndex(Operator):
     n_bands: int | None = param(None, doc="bands detected per pattern (default: the indexer's, 15)")
     use_static_background: bool = param(True, doc="subtract the cube's static_background variable when present")
     dynamic_background: bool = param(False, doc="also remove a fitted quadratic surface from each pattern")
-    backend: str = param("auto", doc="auto (CUDA when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
     static_background: Any = internal_field()
     per_point_pc: Any = internal_field()
 
@@ -88,12 +85,12 @@ class HoughIndex(Operator):
             object.__setattr__(self, "pc", tuple(float(v) for v in self.pc))
 
     # -- binding and resolution ----------------------------------------------------
-    def bind_store_variables(self, variables: Mapping[str, Any]) -> HoughIndex:
+    def bind(self, variables: Mapping[str, Any]) -> HoughIndex:
         """Take the cube's ``static_background`` and per-point ``pc`` variables (lazily).
 
         Examples
         --------
-        >>> HoughIndex().bind_store_variables({}).per_point_pc is None
+        >>> HoughIndex().bind({}).per_point_pc is None
         True
         """
         updates: dict[str, Any] = {}
@@ -116,6 +113,10 @@ class HoughIndex(Operator):
                 raise PipelineError(f"{self.name}.phases", "no phases given and the cube metadata lists none",
                                     "set phases: [ni] (library names or CIF paths)")
             phases = [phase_from_record(dict(r)) for r in records]
+        for phase in phases:  # the same for every chunk: refuse it before any data is read
+            if phase.space_group is None:
+                raise PipelineError(f"{self.name}.phases", f"phase {phase.name!r} has no space group",
+                                    "give the phase's space group (a library name or a CIF with one)")
         return PhaseList(phases={i: phase for i, phase in enumerate(phases)})
 
     def _pc_and_convention(self, spec: InputSpec) -> tuple[tuple[float, float, float], str]:
@@ -196,7 +197,7 @@ class HoughIndex(Operator):
         """
         from operators.indexing.indexer import warm_up_kernels
 
-        warm_up_kernels(spec.dtype, "cuda" if backend == "cupy" else self.backend, notify)
+        warm_up_kernels(spec.dtype, _indexer_backend(backend), notify)
 
     # -- per worker and per chunk --------------------------------------------------
     def setup(self, spec: InputSpec, backend: str = "numpy") -> dict[str, Any]:
@@ -221,7 +222,7 @@ class HoughIndex(Operator):
         indexer = HoughIndexer(
             self._phase_list(spec), detector, **options, static_background=background,
             dynamic_background=self.dynamic_background,
-            backend="cuda" if backend == "cupy" else self.backend,
+            backend=_indexer_backend(backend),
         )
         return {"indexer": indexer, "per_point": per_point is not None}
 
@@ -232,9 +233,9 @@ class HoughIndex(Operator):
             nav = ctx.flat_start + np.arange(len(frames))
             if ctx.scan_index is not None:
                 nav = ctx.scan_index[:, 0] * ctx.spec.scan_shape[1] + ctx.scan_index[:, 1]
-        frames = np.asarray(frames)
-        with _KERNEL_LOCK:
-            result = indexer.index_chunk(frames, nav_indices=nav)
+        if type(frames).__module__.startswith("cupy"):
+            frames = frames.get()  # the indexer moves patterns to the GPU itself, in its own batches
+        result = indexer.index_chunk(np.asarray(frames), nav_indices=nav)
         return {
             "rotation": result["quaternion"],
             "phase_id": result["phase_id"].astype(np.int32),
@@ -243,3 +244,8 @@ class HoughIndex(Operator):
             "pattern_quality": result["pattern_quality"].astype(np.float32),
             "n_bands": result["n_bands"].astype(np.int32),
         }
+
+
+def _indexer_backend(step_backend: str) -> str:
+    """The indexer's device for a step backend: CUDA for ``cupy``, the numba CPU kernels otherwise."""
+    return "cuda" if step_backend == "cupy" else "cpu"

@@ -5,7 +5,7 @@ The background comes, in order of preference, from
 1. the ``background`` parameter: an array (nested lists), a ``.npy`` file, or
    a Zarr cube store whose ``static_background`` variable is read;
 2. the scan cube's own ``static_background`` variable, handed over by the
-   engine through :meth:`RemoveStaticBackground.bind_store_variables`;
+   engine through :meth:`RemoveStaticBackground.bind`;
 3. the scan's mean pattern, computed in a first pass over the data
    (``background: scan_mean``, or the fallback when neither of the above is
    available). The operator then makes two passes: pass 0 reduces the mean
@@ -83,7 +83,7 @@ class RemoveStaticBackground(Operator):
 
     name = "remove_static_background"
     backends = ("numpy", "cupy")
-    #: Cube variables this operator can use (see :meth:`bind_store_variables`).
+    #: Cube variables this operator can use (see :meth:`bind`).
     store_variables = (STORE_VARIABLE,)
 
     background: Any = param(None, doc="None (cube's static_background, else the scan mean), 'scan_mean', "
@@ -107,7 +107,7 @@ class RemoveStaticBackground(Operator):
         """2 when the background is the scan mean, else 1."""
         return 2 if self.uses_scan_mean else 1
 
-    def bind_store_variables(self, variables: Mapping[str, Any]) -> RemoveStaticBackground:
+    def bind(self, variables: Mapping[str, Any]) -> RemoveStaticBackground:
         """Use the cube's ``static_background`` variable when no background was given.
 
         The engine calls this before :meth:`resolve` with the cube's variables
@@ -115,10 +115,10 @@ class RemoveStaticBackground(Operator):
 
         Examples
         --------
-        >>> op = RemoveStaticBackground().bind_store_variables({"static_background": [[5]]})
+        >>> op = RemoveStaticBackground().bind({"static_background": [[5]]})
         >>> op.background, op.passes
         (((5,),), 1)
-        >>> RemoveStaticBackground().bind_store_variables({}).passes
+        >>> RemoveStaticBackground().bind({}).passes
         2
         """
         if self.background is None and STORE_VARIABLE in variables:

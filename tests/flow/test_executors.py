@@ -147,9 +147,10 @@ class _Recording(Executor):
         self.peak = max(self.peak, self.in_flight)
         self.inner.submit(key, fn, *args)
 
-    def next_done(self):
-        out = self.inner.next_done()
-        self.in_flight -= 1
+    def next_done(self, timeout=None):
+        out = self.inner.next_done(timeout)
+        if out is not None:
+            self.in_flight -= 1
         return out
 
     def close(self):

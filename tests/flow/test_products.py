@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from flow.cli import main
+from flow.engine import run_pipeline
 from flow.pipeline import Pipeline
 from flow.store import open_group_checked
 from operators.base import InputSpec, Operator, OutputSpec
@@ -50,7 +51,7 @@ def test_partial_save_is_recorded_as_free_form_output(tmp_path):
     out = tmp_path / "r.zarr"
     pipe = Pipeline.from_dict({"pipeline": 1, "steps": [
         {"op": "incremental_pca", "name": "pca", "params": {"n_components": 2}, "save": ["loadings"]}]})
-    pipe.run(frames, output=out)
+    run_pipeline(pipe, frames, out)
     group = open_group_checked(out, kind="result")
     assert group.attrs["results"]["pca"]["product"] is None
     validate_result_group(group, str(out))

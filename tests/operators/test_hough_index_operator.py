@@ -84,7 +84,7 @@ def test_result_attrs_carry_scan_and_mean_pc():
     attrs = {"modality": "ebsd", "beam_energy_kv": 15, "detector": {"shape": [60, 60], "pc": None,
                                                                       "pc_convention": "bruker"}}
     pcs = np.stack([np.full((2, 3), 0.40), np.full((2, 3), 0.20), np.linspace(0.5, 0.6, 6).reshape(2, 3)], -1)
-    op = build_operator("hough_index", {"phases": ["ni"]}).bind_store_variables({"pc": pcs})
+    op = build_operator("hough_index", {"phases": ["ni"]}).bind({"pc": pcs})
     record = op.result_attrs(InputSpec((2, 3), (60, 60), np.dtype("uint8"), attrs))
     assert record["scan"]["beam_energy_kv"] == 15
     assert record["projection_centre"]["value"] == pytest.approx([0.4, 0.2, 0.55])
@@ -109,7 +109,7 @@ def test_warm_up_says_so_only_when_compiling(monkeypatch, cached):
 
     monkeypatch.setattr(HoughIndexer, "kernels_cached", lambda self, dtype=None: cached)
     monkeypatch.setattr(HoughIndexer, "index_chunk", index_chunk)
-    op = build_operator("hough_index", {"phases": ["ni"], "pc": list(PC), "backend": "cpu"})
+    op = build_operator("hough_index", {"phases": ["ni"], "pc": list(PC)})
     op.warm_up(InputSpec((2, 3), (60, 60), np.dtype("uint8"), None), "numpy", events.append)
     assert events == (["compile"] if cached else [COMPILE_MESSAGE, "compile"])
 
@@ -185,3 +185,15 @@ def test_phase_from_cif_file(tmp_path):
     (tmp_path / "broken.cif").write_text("data_x\n_cell_length_a oops\n")
     with pytest.raises(SchemaError):
         get_phase(str(tmp_path / "broken.cif"))
+
+
+def test_phase_without_space_group_fails_at_resolve():
+    """A deterministic error is refused before any data is read, not retried on every chunk (issue 8)."""
+    from operators.base import InputSpec
+    from schemas.errors import PipelineError
+
+    attrs = {"modality": "ebsd", "detector": {"shape": [60, 60], "pc": list(PC)},
+             "phases": [{"id": 0, "name": "mystery", "lattice": [0.3, 0.3, 0.3, 90, 90, 90],
+                         "atoms": [{"element": "Ni", "xyz": [0, 0, 0]}]}]}
+    with pytest.raises(PipelineError, match="has no space group"):
+        build_operator("hough_index", {}).resolve(InputSpec((2, 3), (60, 60), np.dtype("uint8"), attrs))

@@ -99,14 +99,14 @@ def test_static_background_from_npy_and_zarr(cube, tmp_path):
     np.testing.assert_allclose(out, cube - 6.0)
 
 
-def test_static_background_bind_store_variables(cube):
+def test_static_background_bind(cube):
     bg = np.full(cube.shape[2:], 5, dtype="uint8")
-    op = RemoveStaticBackground().bind_store_variables({"static_background": bg, "other": None})
+    op = RemoveStaticBackground().bind({"static_background": bg, "other": None})
     assert op.passes == 1
     np.testing.assert_allclose(run_operator(op, cube, 4)["patterns"], cube - 5.0)
     given = RemoveStaticBackground(background=np.zeros(cube.shape[2:]))
-    assert given.bind_store_variables({"static_background": bg}) is given  # an explicit background wins
-    assert RemoveStaticBackground(background="scan_mean").bind_store_variables({"static_background": bg}).passes == 2
+    assert given.bind({"static_background": bg}) is given  # an explicit background wins
+    assert RemoveStaticBackground(background="scan_mean").bind({"static_background": bg}).passes == 2
 
 
 def test_static_background_params_are_json_and_rebuildable(cube):

@@ -11,7 +11,7 @@ starts, so the indexing step's time and rate are those of a warm run.
 
 from __future__ import annotations
 
-import shutil
+import argparse
 import time
 from importlib import resources
 from pathlib import Path
@@ -37,8 +37,8 @@ def register(subparsers) -> None:
                         help="size of the simulated scan (default: 30 40)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the simulation")
     parser.add_argument("--scheduler", default="threads", help="executor for the pipeline (default: threads)")
-    parser.add_argument("--overwrite", action="store_true", default=True,
-                        help="replace an earlier demo's outputs (default: yes)")
+    parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=True,
+                        help="replace an earlier demo's outputs, never other files (default: yes)")
     parser.set_defaults(func=run)
 
 
@@ -81,19 +81,20 @@ def run(args) -> int:
         raise OutputExistsError(str(out), "exists and is not a directory", "pass another --output directory")
     out.mkdir(parents=True, exist_ok=True)
     scan, results, xmap = out / "scan.zarr", out / "pipeline.zarr", out / "crystal_map.zarr"
-    for store in (scan, results, xmap):
-        if store.exists() and args.overwrite:
-            shutil.rmtree(store)
+    # Each step replaces only what an earlier demo made (diffraflow stores of the same kind), never
+    # anything else that happens to sit in the output directory.
+    again = ["--overwrite"] if args.overwrite else []
     rows, cols = args.scan_shape
     _step("simulating a noisy EBSD scan of nickel grains",
-          ["simulate", "ebsd", str(scan), "--scan-shape", str(rows), str(cols), "--seed", str(args.seed)])
+          ["simulate", "ebsd", str(scan), "--scan-shape", str(rows), str(cols), "--seed", str(args.seed), *again])
     _step("running the default pipeline",
           ["run", str(default_pipeline_path()), "--input", str(scan), "--output", str(results),
-           "--scheduler", args.scheduler, "--png", str(out / "pipeline")])
+           "--scheduler", args.scheduler, "--png", str(out / "pipeline"), *again])
     _compile_indexing_kernels(scan)
-    _step("Hough-indexing the scan", ["index", str(scan), str(xmap), "--phase", "ni"])
-    _step("exporting the crystal map", ["export", str(xmap), str(out / "crystal_map.ang")])
-    _step("drawing the orientation, confidence and phase maps", ["export", str(xmap), str(out / "crystal_map.png")])
+    _step("Hough-indexing the scan", ["index", str(scan), str(xmap), "--phase", "ni", *again])
+    _step("exporting the crystal map", ["export", str(xmap), str(out / "crystal_map.ang"), *again])
+    _step("drawing the orientation, confidence and phase maps",
+          ["export", str(xmap), str(out / "crystal_map.png"), *again])
     _report(out, scan, xmap)
     return 0
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from operators.crystallography.phases import phase_in_angstrom
 from schemas.errors import SchemaError
 
-__all__ = ["ReflectorTable", "build_reflector_table", "phase_in_angstrom"]
+__all__ = ["ReflectorTable", "build_reflector_table"]
 
 
 @dataclass(frozen=True)
@@ -78,27 +79,6 @@ def _direction_key(v: np.ndarray) -> tuple[int, int, int]:
                 w = -w
             break
     return tuple(int(round(x * 1e5)) for x in w)  # type: ignore[return-value]
-
-
-def phase_in_angstrom(phase):
-    """Copy of an orix phase with its lattice in Ångström, as diffsims expects.
-
-    kikuchipy and orix phases carry nanometres; diffsims' structure factors
-    and Bragg angles assume Ångström (its ``calculate_theta`` docstring says
-    so), so a nanometre lattice would give ten-times-too-large Bragg angles and
-    over-damped atomic scattering factors.
-
-    Examples
-    --------
-    >>> from operators.crystallography import get_phase
-    >>> round(phase_in_angstrom(get_phase("ni")).structure.lattice.a, 4)
-    3.5236
-    """
-    p = phase.deepcopy()
-    lat = p.structure.lattice
-    if lat.a < 2.0:  # nm: no real crystal has a < 2 Å
-        lat.setLatPar(a=lat.a * 10, b=lat.b * 10, c=lat.c * 10)
-    return p
 
 
 def _kinematical_intensity(phase, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ from operators.base import (
 from operators.decomposition.incremental_pca import IncrementalPCA
 from schemas.backends import get_backend
 from schemas.errors import BackendUnavailableError, OutputExistsError, PipelineError
-from tests.flow.engine_fixtures import FrameSum, SigSum, make_cube
+from tests.flow.engine_fixtures import FrameSum, SigSum
 
 EXECUTORS = ["inline", "threads", "local"]
 

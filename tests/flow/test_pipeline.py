@@ -6,8 +6,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from flow.schedule import Schedule
 from flow.pipeline import Pipeline, Step
+from flow.schedule import Schedule
 from operators.base import InputSpec
 from schemas.errors import PipelineError
 from schemas.pipeline import pipeline_json_schema, validate_pipeline_record

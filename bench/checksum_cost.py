@@ -1,6 +1,6 @@
 """Cost of the CRC-32C chunk checksums on writing and reading scan cubes, paired in one run.
 
-Writes the same frames through :func:`flow.store.create_cube` with the
+Writes the same frames through :func:`diffraflow.flow.store.create_cube` with the
 checksum codec (today's stores) and with it removed, alternately, and reads
 each store back in full, so both sides see the same machine state. Prints a
 Markdown table with medians and the ratio checksummed / plain.
@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import diffraflow.flow.store as store
 import numpy as np
-
-import flow.store as store
 
 
 def write(path: Path, frames: np.ndarray, scan: tuple[int, int], checksum: bool) -> float:

@@ -5,7 +5,7 @@ several doses, indexes each with the right projection centre and with wrong
 ones, and compares every solution with the ground truth: *right* is within
 5 degrees, *wrong* more than 15 degrees off. It prints the confidence
 quantiles of both and, per threshold, the share of right solutions kept and
-of wrong ones rejected. ``flow.crystal_map.MIN_CONFIDENCE`` quotes its output
+of wrong ones rejected. ``diffraflow.flow.crystal_map.MIN_CONFIDENCE`` quotes its output
 (seeds 1 and 2, 20 x 20 scans, 12 grains)::
 
     python bench/confidence_threshold.py            # about a minute on 2 cores
@@ -27,12 +27,11 @@ THRESHOLDS = (0.05, 0.10, 0.20)
 
 
 def measure(scan: tuple[int, int], seeds: tuple[int, ...]) -> dict[str, np.ndarray]:
+    from diffraflow.operators.crystallography import get_phase
+    from diffraflow.operators.indexing import HoughIndexer
+    from diffraflow.operators.indexing.testing import disorientation_deg
+    from diffraflow.operators.simulate.ebsd import simulate_ebsd
     from kikuchipy.detectors import EBSDDetector
-
-    from operators.crystallography import get_phase
-    from operators.indexing import HoughIndexer
-    from operators.indexing.testing import disorientation_deg
-    from operators.simulate.ebsd import simulate_ebsd
 
     ni = get_phase("ni")
     columns: dict[str, list] = {"dose": [], "pc": [], "error": [], "confidence": []}

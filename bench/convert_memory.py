@@ -2,7 +2,7 @@
 
 Writes large synthetic inputs *by streaming* (never a whole array in
 memory): a ``.npy`` of uint8 patterns and an EDAX ``.up2`` of uint16
-patterns. Each is converted in a subprocess (``python -m flow.cli convert``)
+patterns. Each is converted in a subprocess (``python -m diffraflow convert``)
 whose resident set size is polled with psutil (every 20 ms, children
 included) and cross-checked with ``getrusage(RUSAGE_CHILDREN).ru_maxrss``.
 Reports file size, peak RSS, wall time and throughput, and the RSS of a
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             (write_npy if fmt == "npy" else write_up2)(src, scan, det)
             write_s = time.perf_counter() - t0
             out = work / f"big_{fmt}.zarr"
-            cmd = [sys.executable, "-m", "flow.cli", "convert", str(src), str(out), "--quiet"]
+            cmd = [sys.executable, "-m", "diffraflow.flow.cli", "convert", str(src), str(out), "--quiet"]
             if args.chunk_mb:
                 cmd += ["--chunk-mb", str(args.chunk_mb)]
             result = measure(cmd)

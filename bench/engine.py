@@ -7,7 +7,7 @@ Run from the repository root::
     python bench/engine.py memory --sizes 1 4 8                 # (ii)
     python bench/engine.py executors                            # (iii)
 
-(i) runs a per-frame sum through ``flow.engine.run_pipeline`` (threads, result
+(i) runs a per-frame sum through ``diffraflow.flow.engine.run_pipeline`` (threads, result
 written to a Zarr result store) and ``da.from_zarr(...).sum(axis=(2, 3)).to_zarr(...)``
 on the same store, alternately, and reports the best of ``--repeats``.
 (ii) runs ``diffraflow run`` in a subprocess on cubes of 1x, 4x, 8x the base
@@ -33,7 +33,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, register_operator  # noqa: E402
+from diffraflow.operators.base import (  # noqa: E402
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    register_operator,
+)
 
 
 @register_operator
@@ -69,7 +75,7 @@ DET = (64, 64)
 
 def make_cube(path: Path, n_frames: int, det=DET, chunk_frames: int = 1000) -> Path:
     """A uint16 cube of ``n_frames`` frames: a pool of random frames, rolled, written shard by shard."""
-    from flow.store import create_cube
+    from diffraflow.flow.store import create_cube
 
     if path.exists():
         return path
@@ -101,9 +107,8 @@ def throughput(workdir: Path, frames: int, repeats: int, workers: int) -> dict:
     import dask
     import dask.array as da
     import zarr
-
-    from flow.engine import run_pipeline
-    from flow.pipeline import Pipeline
+    from diffraflow.flow.engine import run_pipeline
+    from diffraflow.flow.pipeline import Pipeline
 
     cube = make_cube(workdir / f"cube_{frames}.zarr", frames)
     arr = zarr.open_group(str(cube), mode="r")["patterns"]
@@ -184,7 +189,7 @@ def run_cli(workdir: Path, cube: Path, scheduler: str, workers: int, out_name: s
     pipeline = workdir / "bench_pipeline.yaml"
     pipeline.write_text(PIPELINE_YAML)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "flow.cli", "run", str(pipeline), "--input", str(cube), "--output",
+    cmd = [sys.executable, "-m", "diffraflow.flow.cli", "run", str(pipeline), "--input", str(cube), "--output",
            str(workdir / out_name), "--overwrite", "--quiet", "--plugin", "bench.engine", "--scheduler", scheduler,
            "--workers", str(workers)]
     return _peak_rss_of(cmd, env)

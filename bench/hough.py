@@ -39,9 +39,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators.crystallography import get_phase  # noqa: E402
-from operators.indexing import HoughIndexer  # noqa: E402
-from operators.indexing.testing import disorientation_deg, ni_master_pattern, simulate_patterns  # noqa: E402
+from diffraflow.operators.crystallography import get_phase  # noqa: E402
+from diffraflow.operators.indexing import HoughIndexer  # noqa: E402
+from diffraflow.operators.indexing.testing import (  # noqa: E402
+    disorientation_deg,
+    ni_master_pattern,
+    simulate_patterns,
+)
 
 PC = (0.42, 0.22, 0.50)
 

@@ -1,9 +1,9 @@
 """The ``diffraflow`` command line.
 
-Each subcommand lives in its own module ``flow.commands.<name>`` exposing
+Each subcommand lives in its own module ``diffraflow.flow.commands.<name>`` exposing
 ``register(subparsers)``, which adds a parser whose ``func`` default takes the
 parsed arguments and returns an exit status. Errors that diffraflow raises on
-purpose (:class:`~schemas.errors.DiffraflowError`) are printed as one line on
+purpose (:class:`~diffraflow.schemas.errors.DiffraflowError`) are printed as one line on
 stderr with exit status 2; ``--debug`` shows the traceback instead.
 
 Examples
@@ -21,7 +21,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from schemas.errors import DiffraflowError
+from diffraflow.schemas.errors import DiffraflowError
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "positive_int", "non_negative_int", "positive_float",
            "OneLineParser"]
@@ -92,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"flow.commands.{name}")
+            module = importlib.import_module(f"diffraflow.flow.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"flow.commands.{name}":
+            if exc.name == f"diffraflow.flow.commands.{name}":
                 continue  # that command is not part of this build
             raise
         module.register(subparsers)
@@ -127,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffraflow {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``diffraflow info x | head``): stop quietly,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         # A full disk, a quota or a read-only mount reaches us from deep inside zarr or numpy:
         # the user needs one line that says which file and what to do, not the stack.
@@ -135,13 +142,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"diffraflow {args.command}: error: {problem}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        # The reader of our output went away (``diffraflow info x | head``): stop quietly,
-        # and keep Python from complaining again when it flushes stdout at exit.
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
 
 
 _OS_FIXES = {

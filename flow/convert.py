@@ -1,10 +1,10 @@
 """Streaming conversion of a vendor file into a scan cube (``diffraflow convert``).
 
-The driver is format-agnostic: a reader (:mod:`flow.readers`) says what the
-input holds (:meth:`~flow.readers.base.Reader.probe`), the driver settles
+The driver is format-agnostic: a reader (:mod:`diffraflow.flow.readers`) says what the
+input holds (:meth:`~diffraflow.flow.readers.base.Reader.probe`), the driver settles
 the scan shape and metadata (file values, then command-line overrides),
 validates them, and streams frame batches into a
-:class:`~flow.store.CubeWriter`. Memory is bounded by one reader batch plus
+:class:`~diffraflow.flow.store.CubeWriter`. Memory is bounded by one reader batch plus
 one store shard; a failure at any point leaves no store that ``open_cube``
 or ``diffraflow info`` would take for complete.
 
@@ -31,13 +31,21 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-
-from flow.readers import open_reader
-from flow.readers.base import DEFAULT_BATCH_BYTES, Probe, Variable
-from flow.readers.crystal import find_sidecar_crystal_map, load_crystal_map_file, xmap_to_variables
-from flow.store import create_cube, prepare_output_path
-from schemas.cube import check_projection_centre
-from schemas.errors import DiffraflowError, InputFileError, SchemaError, TruncatedFileError
+from diffraflow.flow.readers import open_reader
+from diffraflow.flow.readers.base import DEFAULT_BATCH_BYTES, Probe, Variable
+from diffraflow.flow.readers.crystal import (
+    find_sidecar_crystal_map,
+    load_crystal_map_file,
+    xmap_to_variables,
+)
+from diffraflow.flow.store import create_cube, prepare_output_path
+from diffraflow.schemas.cube import check_projection_centre
+from diffraflow.schemas.errors import (
+    DiffraflowError,
+    InputFileError,
+    SchemaError,
+    TruncatedFileError,
+)
 
 __all__ = ["convert", "ConvertReport", "resolve_scan_shape", "apply_overrides"]
 
@@ -91,7 +99,7 @@ def resolve_scan_shape(probe: Probe, requested: tuple[int, int] | None, where: s
     >>> resolve_scan_shape(p, (2, 4), "x.up1")
     Traceback (most recent call last):
     ...
-    schemas.errors.InputFileError: x.up1: --scan-shape 2 4 needs 8 frames but the input holds 9 (fix: give ROWS COLS with ROWS x COLS = 9, e.g. --scan-shape 3 3)
+    diffraflow.schemas.errors.InputFileError: x.up1: --scan-shape 2 4 needs 8 frames but the input holds 9 (fix: give ROWS COLS with ROWS x COLS = 9, e.g. --scan-shape 3 3)
     """
     n = probe.n_frames
     if requested is not None:
@@ -276,7 +284,7 @@ def convert(
         beside the input whose name begins the input's name is used
         automatically).
     format
-        Force a reader (see :data:`flow.readers.READERS`).
+        Force a reader (see :data:`diffraflow.flow.readers.READERS`).
     reader_options
         Extra reader keywords (``scan_group``, ``setting_file``, ``processed``).
     command

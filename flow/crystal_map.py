@@ -14,7 +14,7 @@ record naming the product::
         scan: {...}                    # the source cube's ScanAttrs, or null
         properties: [detector_signal]  # extra per-point maps under properties/
 
-Variables are those of :data:`schemas.results.PRODUCTS` ``["crystal_map"]``
+Variables are those of :data:`diffraflow.schemas.results.PRODUCTS` ``["crystal_map"]``
 with explicit ``dimension_names``: ``rotation (scan_y, scan_x, quat)`` orix
 scalar-first unit quaternions, ``phase_id (scan_y, scan_x)`` int32 equal to a
 phase record's ``id`` (ids are renumbered ``0..n-1`` in phase-list order, so the
@@ -51,11 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.store import TemporaryStoreWriter
-from schemas.cube import ScanAttrs, StoreMarker, validate_scan_attrs
-from schemas.errors import SchemaError
-from schemas.results import PRODUCTS, validate_result_group
+from diffraflow.flow.store import TemporaryStoreWriter
+from diffraflow.schemas.cube import ScanAttrs, StoreMarker, validate_scan_attrs
+from diffraflow.schemas.errors import SchemaError
+from diffraflow.schemas.results import PRODUCTS, validate_result_group
 
 __all__ = [
     "CRYSTAL_MAP_VARIABLES",
@@ -151,7 +150,7 @@ def phase_records_from_phase_list(phase_list) -> tuple[list[dict[str, Any]], dic
     Returns
     -------
     records
-        One :class:`~schemas.cube.PhaseRecord` dump per phase.
+        One :class:`~diffraflow.schemas.cube.PhaseRecord` dump per phase.
     mapping
         ``{orix phase id: stored phase id}``.
 
@@ -162,8 +161,8 @@ def phase_records_from_phase_list(phase_list) -> tuple[list[dict[str, Any]], dic
     >>> [r["name"] for r in recs], mapping
     (['a', 'b'], {1: 0, 2: 1})
     """
-    from operators.crystallography.phases import phase_to_record
-    from schemas.cube import PhaseRecord
+    from diffraflow.operators.crystallography.phases import phase_to_record
+    from diffraflow.schemas.cube import PhaseRecord
 
     records: list[dict[str, Any]] = []
     mapping: dict[int, int] = {}
@@ -258,7 +257,7 @@ class CrystalMapStoreWriter(TemporaryStoreWriter):
     step_size
         ``(dy, dx)``, in ``unit``.
     scan_attrs
-        The source cube's :class:`~schemas.cube.ScanAttrs` (dict or model), kept
+        The source cube's :class:`~diffraflow.schemas.cube.ScanAttrs` (dict or model), kept
         in the record; its ``step_size`` wins over ``step_size``.
     operator
         What produced the map (``"hough_index"``, ``"import"``...).
@@ -286,9 +285,8 @@ class CrystalMapStoreWriter(TemporaryStoreWriter):
                  properties: tuple[str, ...] | list[str] = (), overwrite: bool = False,
                  extra_attrs: Mapping[str, Any] | None = None) -> None:
         import zarr
-
-        from flow.store import prepare_output_path
-        from schemas.cube import PhaseRecord
+        from diffraflow.flow.store import prepare_output_path
+        from diffraflow.schemas.cube import PhaseRecord
 
         self.final, self.temp = prepare_output_path(path, overwrite)
         self.overwrite = overwrite
@@ -474,9 +472,9 @@ def read_crystal_map_record(path: str | os.PathLike, key: str | None = None):
     >>> read_crystal_map_record("/nonexistent.zarr")
     Traceback (most recent call last):
     ...
-    schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    diffraflow.schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
     """
-    from flow.store import open_group_checked
+    from diffraflow.flow.store import open_group_checked
 
     group = open_group_checked(path)
     marker = StoreMarker.model_validate(group.attrs["diffraflow"])
@@ -522,10 +520,9 @@ def read_crystal_map(path: str | os.PathLike, key: str | None = None):
     --------
     >>> # xmap = read_crystal_map("result.zarr"); xmap.plot()
     """
+    from diffraflow.operators.crystallography.phases import phase_from_record
     from orix.crystal_map import CrystalMap, PhaseList, create_coordinate_arrays
     from orix.quaternion import Rotation
-
-    from operators.crystallography.phases import phase_from_record
 
     group, _, record = read_crystal_map_record(path, key)
     target = group[record["prefix"]] if record.get("prefix") else group

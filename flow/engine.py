@@ -1,6 +1,6 @@
 """The driver: run a resolved pipeline over a source through an executor into a sink.
 
-The driver builds the run's rounds one at a time (:class:`flow.schedule.Schedule`:
+The driver builds the run's rounds one at a time (:class:`diffraflow.flow.schedule.Schedule`:
 fixed-pass steps, iterative steps that stop when they converge, materialised
 frames). For each round it
 
@@ -20,7 +20,7 @@ frames). For each round it
    stays within a bounded lag of the merge point, so memory stays bounded,
 6. retries a failed task up to ``retries`` times (never a damaged chunk, and
    never an error that would fail every chunk alike); a chunk that keeps
-   failing is reported in one :class:`~schemas.errors.ChunkFailedError`
+   failing is reported in one :class:`~diffraflow.schemas.errors.ChunkFailedError`
    after every other chunk of the round has been written,
 7. calls ``finalize`` of the active steps (on a worker for ``device_state``
    operators), stores final reductions, the states and the schedule, and
@@ -29,8 +29,8 @@ frames). For each round it
 Examples
 --------
 >>> import numpy as np
->>> from flow.pipeline import Pipeline
->>> from operators.base import Operator, OutputSpec
+>>> from diffraflow.flow.pipeline import Pipeline
+>>> from diffraflow.operators.base import Operator, OutputSpec
 >>> from dataclasses import dataclass
 >>> @dataclass(frozen=True)
 ... class SigSum(Operator):
@@ -54,15 +54,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from flow.executors import Executor, get_executor
-from flow.executors.base import RunShared, run_chunk, run_finalize, to_numpy
-from flow.pipeline import Pipeline, ResolvedPipeline, Step, load_pipeline
-from flow.results import MATERIALIZED, MemorySink, ResultSink, ZarrResultStore
-from flow.schedule import RoundPlan, Schedule
-from flow.sources import ArraySource, ChunkSource, GrowingSource, Region, ZarrCubeSource
-from operators.base import ChunkContext
-from schemas.errors import (
+from diffraflow.flow.executors import Executor, get_executor
+from diffraflow.flow.executors.base import RunShared, run_chunk, run_finalize, to_numpy
+from diffraflow.flow.pipeline import Pipeline, ResolvedPipeline, Step, load_pipeline
+from diffraflow.flow.results import MATERIALIZED, MemorySink, ResultSink, ZarrResultStore
+from diffraflow.flow.schedule import RoundPlan, Schedule
+from diffraflow.flow.sources import ArraySource, ChunkSource, GrowingSource, Region, ZarrCubeSource
+from diffraflow.operators.base import ChunkContext
+from diffraflow.schemas.errors import (
     BackendUnavailableError,
     ChunkFailedError,
     DataCorruptionError,
@@ -170,7 +169,7 @@ def bind_pipeline(pipeline: Pipeline, source: ChunkSource) -> Pipeline:
 
     Examples
     --------
-    >>> from operators.base import Operator
+    >>> from diffraflow.operators.base import Operator
     >>> p = Pipeline([Operator()]); bind_pipeline(p, make_source(np.zeros((1, 1, 1, 1)))).names
     ['Operator']
     """
@@ -197,11 +196,11 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, outpu
     Parameters
     ----------
     pipeline
-        A :class:`~flow.pipeline.Pipeline`, a pipeline-file path or mapping.
+        A :class:`~diffraflow.flow.pipeline.Pipeline`, a pipeline-file path or mapping.
     data
-        A ``.zarr`` scan cube path, a 4-d array, or a :class:`~flow.sources.ChunkSource`.
+        A ``.zarr`` scan cube path, a 4-d array, or a :class:`~diffraflow.flow.sources.ChunkSource`.
     output
-        A result-store path (resumable), a :class:`~flow.results.ResultSink`,
+        A result-store path (resumable), a :class:`~diffraflow.flow.results.ResultSink`,
         or ``None`` for in-memory results.
     executor
         ``inline``, ``threads``, ``local``, a scheduler address or an Executor.
@@ -305,7 +304,7 @@ def _check_run_numbers(retries: int, window: int | None) -> None:
 
 def _warm_up(plan) -> float:
     """Let each step compile its kernels in the driver before the clock starts; returns the seconds spent."""
-    from flow.notices import notify
+    from diffraflow.flow.notices import notify
 
     t0 = time.perf_counter()
     for step in plan.steps:

@@ -3,7 +3,7 @@
 Examples
 --------
 >>> import numpy as np, tempfile, pathlib
->>> from flow.store import create_cube
+>>> from diffraflow.flow.store import create_cube
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "s.zarr"
 >>> with create_cube(out, scan_shape=(1, 2), det_shape=(3, 3), dtype="uint8",
 ...                  attrs={"modality": "ebsd", "detector": {"shape": [3, 3]}}) as w:
@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from schemas.chunking import CubeLayout, validate_layout
-from schemas.cube import SCAN_DIMS, validate_scan_attrs, validate_store_marker
-from schemas.errors import SchemaError
+from diffraflow.schemas.chunking import CubeLayout, validate_layout
+from diffraflow.schemas.cube import SCAN_DIMS, validate_scan_attrs, validate_store_marker
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["describe_store", "validate_store"]
 
@@ -63,15 +63,15 @@ def validate_store(path: str | os.PathLike) -> dict[str, Any]:
     >>> validate_store("/nonexistent.zarr")
     Traceback (most recent call last):
     ...
-    schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    diffraflow.schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
     """
-    from flow.store import open_group_checked
+    from diffraflow.flow.store import open_group_checked
 
     group = open_group_checked(path)
     marker = validate_store_marker(group.attrs.get("diffraflow"), where=str(path))
     report: dict[str, Any] = {"path": str(path), "kind": marker.kind}
     if marker.kind == "result":
-        from schemas.results import validate_result_group
+        from diffraflow.schemas.results import validate_result_group
 
         report.update(validate_result_group(group, where=str(path)))
         return report
@@ -109,7 +109,7 @@ def describe_store(path: str | os.PathLike) -> str:
     Examples
     --------
     >>> import numpy as np, tempfile, pathlib
-    >>> from flow.store import create_cube
+    >>> from diffraflow.flow.store import create_cube
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "m.zarr"
     >>> with create_cube(out, scan_shape=(1, 2), det_shape=(4, 4), dtype="uint16",
     ...                  attrs={"modality": "4dstem", "detector": {"shape": [4, 4]}}) as w:
@@ -118,7 +118,7 @@ def describe_store(path: str | os.PathLike) -> str:
     >>> "sample tilt unknown, camera tilt unknown" in text, "step          unknown" in text
     (True, True)
     """
-    from flow.store import acquisition_progress, open_group_checked
+    from diffraflow.flow.store import acquisition_progress, open_group_checked
 
     path = Path(path)
     progress = acquisition_progress(path)

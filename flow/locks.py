@@ -29,7 +29,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import DestinationNotWritableError, StoreLockedError
+from diffraflow.schemas.errors import DestinationNotWritableError, StoreLockedError
 
 __all__ = ["StoreLock", "lock_path", "pid_alive", "HOST"]
 
@@ -105,7 +105,7 @@ class StoreLock:
         return self._fd is not None
 
     def acquire(self) -> StoreLock:
-        """Take the lock or raise :class:`~schemas.errors.StoreLockedError` naming the owner."""
+        """Take the lock or raise :class:`~diffraflow.schemas.errors.StoreLockedError` naming the owner."""
         import fcntl
 
         if self._fd is not None:

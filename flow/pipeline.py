@@ -3,7 +3,7 @@
 A :class:`Pipeline` is a list of :class:`Step` (an operator, a unique name,
 a backend and which outputs to save). ``frames`` outputs replace the frames
 seen by later steps. :meth:`Pipeline.resolve` runs every operator's
-``resolve`` on the chained :class:`~operators.base.InputSpec` and builds the
+``resolve`` on the chained :class:`~diffraflow.operators.base.InputSpec` and builds the
 **schedule** of rounds (passes over the data); it reads no data.
 
 Schedule
@@ -11,7 +11,7 @@ Schedule
 A step starts once the last earlier step with a ``frames`` output (its
 *provider*) has finished; it then runs one pass per round until it is done
 (a fixed number of passes, or until an iterative operator converges). The
-engine builds the rounds one at a time (:mod:`flow.schedule`). In each round
+engine builds the rounds one at a time (:mod:`diffraflow.flow.schedule`). In each round
 one task per chunk runs the whole chain on a single read of the chunk; a
 finished provider's frames are recomputed, or read back when the step is
 *materialised* (``materialize: true``, or automatically for expensive
@@ -19,14 +19,14 @@ operators whose frames later passes need). In every pass but its last,
 everything a step's ``process`` returns is a partial reduction (merged with
 ``merge``, then ``finalize`` gives the next pass's state).
 
-Pipelines are run by :func:`flow.engine.run_pipeline`; this module only
+Pipelines are run by :func:`diffraflow.flow.engine.run_pipeline`; this module only
 describes and resolves them.
 
 Examples
 --------
 >>> import numpy as np
 >>> from dataclasses import dataclass
->>> from operators.base import Operator, OutputSpec
+>>> from diffraflow.operators.base import Operator, OutputSpec
 >>> @dataclass(frozen=True)
 ... class Total(Operator):
 ...     name = "total_example"
@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from operators.base import InputSpec, Operator, OutputSpec, build_operator
-from schemas.backends import Backend, get_backend, require_backend
-from schemas.errors import PipelineError
+from diffraflow.operators.base import InputSpec, Operator, OutputSpec, build_operator
+from diffraflow.schemas.backends import Backend, get_backend, require_backend
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["Step", "Pipeline", "ResolvedPipeline", "ResolvedStep", "load_pipeline"]
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -83,7 +83,7 @@ class Step:
 
     Examples
     --------
-    >>> from operators.base import Operator
+    >>> from diffraflow.operators.base import Operator
     >>> Step(Operator(), name="s").key("total")
     's/total'
     """
@@ -179,7 +179,7 @@ class ResolvedPipeline:
     n_rounds
         Passes over the data the pipeline takes at most (exactly, without
         iterative steps); the engine schedules the actual rounds
-        (:class:`flow.schedule.Schedule`).
+        (:class:`diffraflow.flow.schedule.Schedule`).
     """
 
     pipeline: Pipeline
@@ -219,16 +219,16 @@ class Pipeline:
 
     Examples
     --------
-    >>> from operators.base import Operator
+    >>> from diffraflow.operators.base import Operator
     >>> Pipeline([("a", Operator()), ("b", Operator())]).names
     ['a', 'b']
     >>> Pipeline([("a", Operator()), ("a", Operator())])
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: pipeline: step name 'a' is used twice (fix: give each step a unique 'name')
+    diffraflow.schemas.errors.PipelineError: pipeline: step name 'a' is used twice (fix: give each step a unique 'name')
     """
 
-    #: Set only on pipelines made by ``flow.engine.bind_pipeline``: the pipeline as
+    #: Set only on pipelines made by ``diffraflow.flow.engine.bind_pipeline``: the pipeline as
     #: written, whose fingerprint the bound one keeps (annotation only, no default).
     _identity: Pipeline
 
@@ -272,9 +272,9 @@ class Pipeline:
         >>> Pipeline.from_dict({"pipeline": 1, "steps": [{"op": "no_such_op"}]})
         Traceback (most recent call last):
         ...
-        schemas.errors.PipelineError: pipeline: steps[0]: unknown operator 'no_such_op' (fix: run 'diffraflow operators' to list operators)
+        diffraflow.schemas.errors.PipelineError: pipeline: steps[0]: unknown operator 'no_such_op' (fix: run 'diffraflow operators' to list operators)
         """
-        from schemas.pipeline import validate_pipeline_record
+        from diffraflow.schemas.pipeline import validate_pipeline_record
 
         record = validate_pipeline_record(record, where=where)
         steps = []
@@ -297,9 +297,9 @@ class Pipeline:
         >>> Pipeline.from_file("/no/such/pipeline.yaml")
         Traceback (most recent call last):
         ...
-        schemas.errors.PipelineError: /no/such/pipeline.yaml: no such file (fix: check the pipeline file path)
+        diffraflow.schemas.errors.PipelineError: /no/such/pipeline.yaml: no such file (fix: check the pipeline file path)
         """
-        from schemas.pipeline import read_pipeline_file
+        from diffraflow.schemas.pipeline import read_pipeline_file
 
         return cls.from_dict(read_pipeline_file(path), where=str(path))
 
@@ -308,7 +308,7 @@ class Pipeline:
 
         Examples
         --------
-        >>> from operators.base import Operator
+        >>> from diffraflow.operators.base import Operator
         >>> Pipeline([("a", Operator())]).to_dict()["steps"][0]["name"]
         'a'
         """
@@ -337,11 +337,11 @@ class Pipeline:
         Examples
         --------
         >>> import numpy as np
-        >>> from operators.base import Operator
+        >>> from diffraflow.operators.base import Operator
         >>> Pipeline([Operator()]).resolve(InputSpec((1, 1), (2, 2), np.dtype("u1")))
         Traceback (most recent call last):
         ...
-        schemas.errors.PipelineError: pipeline: step 'Operator': resolve() is not defined (fix: implement Operator.resolve)
+        diffraflow.schemas.errors.PipelineError: pipeline: step 'Operator': resolve() is not defined (fix: implement Operator.resolve)
         """
         resolved: list[ResolvedStep] = []
         provider: ResolvedStep | None = None
@@ -412,7 +412,7 @@ def _check_products(op: Operator, spec: InputSpec, outputs: dict[str, OutputSpec
     ``method`` attribute of a ``decomposition`` fails before any data is read,
     instead of writing a store that ``validate`` and ``export`` later refuse.
     """
-    from schemas.results import PRODUCTS
+    from diffraflow.schemas.results import PRODUCTS
 
     declared = sorted({out.product for out in outputs.values() if out.product})
     if not declared:
@@ -458,7 +458,7 @@ def load_pipeline(path: str | os.PathLike | dict | Pipeline) -> Pipeline:
     >>> load_pipeline({"pipeline": 1, "steps": []})
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: pipeline: steps: [] should be non-empty (fix: list at least one step: '- op: NAME')
+    diffraflow.schemas.errors.PipelineError: pipeline: steps: [] should be non-empty (fix: list at least one step: '- op: NAME')
     """
     if isinstance(path, Pipeline):
         return path

@@ -4,7 +4,7 @@ Every function takes bare arrays plus metadata (the cube's scan attributes
 as a dict, ``ScanAttrs.model_dump()``, or explicit step sizes and units) and
 an output path, draws with matplotlib's object API (``Figure`` on the Agg
 canvas: no pyplot state, no display needed), and writes the PNG under a
-temporary name renamed on success (:func:`flow.exporters._common.atomic_write`:
+temporary name renamed on success (:func:`diffraflow.flow.exporters._common.atomic_write`:
 an existing file is refused unless ``overwrite=True``).
 
 Each picture has a title, a colorbar with its label, and its scale: scan maps
@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.exporters._common import atomic_write
-from schemas.errors import SchemaError
+from diffraflow.flow.exporters._common import atomic_write
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = [
     "Scale",
@@ -330,9 +329,8 @@ def plot_pattern(pattern: Any, path: str | os.PathLike, *, title: str = "mean pa
 
 
 def _draw_overlay(ax, spec: Mapping[str, Any], shape: Sequence[int], scale: Scale) -> None:
+    from diffraflow.operators.virtual._masks import validate_mask_spec
     from matplotlib.patches import Circle, Rectangle
-
-    from operators.virtual._masks import validate_mask_spec
 
     mask = validate_mask_spec(spec, shape, "plot: overlays")
     style: dict[str, Any] = {"fill": False, "edgecolor": "white", "linewidth": 1.0, "linestyle": "--"}

@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.exporters._common import atomic_write, check_output
-from schemas.errors import SchemaError
+from diffraflow.flow.exporters._common import atomic_write, check_output
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["ipf_rgb", "plot_ipf_map", "plot_property_map", "plot_phase_map", "write_crystal_map_pngs",
            "png_paths", "property_colormap", "IPF_DIRECTIONS", "NOT_INDEXED_COLOR", "PROPERTY_COLORMAPS"]
@@ -75,10 +74,9 @@ def ipf_rgb(xmap, direction: str = "z") -> np.ndarray:
     >>> rgb.shape, rgb[0, 0].round(2).tolist()
     ((1, 2, 3), [1.0, 0.0, 0.0])
     """
+    from diffraflow.flow.crystal_map import crystal_map_grid
     from orix.plot import IPFColorKeyTSL
     from orix.quaternion import Orientation
-
-    from flow.crystal_map import crystal_map_grid
 
     grid = crystal_map_grid(xmap)
     ny, nx = grid["phase_id"].shape
@@ -208,7 +206,7 @@ def plot_ipf_map(xmap, path: str | os.PathLike, direction: str = "z", overwrite:
     >>> plot_ipf_map(xmap, pathlib.Path(tempfile.mkdtemp()) / "ipf.png").name
     'ipf.png'
     """
-    from flow.crystal_map import apply_min_confidence
+    from diffraflow.flow.crystal_map import apply_min_confidence
 
     xmap = apply_min_confidence(xmap, min_confidence)
     import orix.plot  # noqa: F401  (registers the "ipf" projection)
@@ -249,7 +247,7 @@ def plot_property_map(xmap, name: str, path: str | os.PathLike, label: str | Non
         Crystal map.
     name
         Property name (aliases such as ``ci`` are found, see
-        :data:`flow.crystal_map.PROPERTY_ALIASES`).
+        :data:`diffraflow.flow.crystal_map.PROPERTY_ALIASES`).
     path
         Output PNG.
     label
@@ -274,9 +272,8 @@ def plot_property_map(xmap, name: str, path: str | os.PathLike, label: str | Non
     >>> plot_property_map(xmap, "confidence", pathlib.Path(tempfile.mkdtemp()) / "ci.png", min_confidence=0.1).name
     'ci.png'
     """
+    from diffraflow.flow.crystal_map import apply_min_confidence, crystal_map_grid, find_property
     from matplotlib import colormaps
-
-    from flow.crystal_map import apply_min_confidence, crystal_map_grid, find_property
 
     is_confidence = name == "confidence" or find_property([name], "confidence") is not None
     grid = crystal_map_grid(xmap if is_confidence else apply_min_confidence(xmap, min_confidence))
@@ -354,9 +351,8 @@ def plot_phase_map(xmap, path: str | os.PathLike, overwrite: bool = False,
     >>> plot_phase_map(xmap, pathlib.Path(tempfile.mkdtemp()) / "phase.png").name
     'phase.png'
     """
+    from diffraflow.flow.crystal_map import apply_min_confidence, crystal_map_grid
     from matplotlib.patches import Patch
-
-    from flow.crystal_map import apply_min_confidence, crystal_map_grid
 
     xmap = apply_min_confidence(xmap, min_confidence)
     grid = crystal_map_grid(xmap)

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import DataCorruptionError, PipelineError, UnsafeRecordError
+from diffraflow.schemas.errors import DataCorruptionError, PipelineError, UnsafeRecordError
 
 __all__ = ["save_record", "load_record", "RECORD_SUFFIX"]
 
@@ -123,7 +122,7 @@ def save_record(path: str | os.PathLike, value: Any, where: str = "state") -> No
     >>> save_record(pathlib.Path(tempfile.mkdtemp()) / "x.npz", {"f": open})
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: state.f: holds a builtin_function_or_method, which cannot be checkpointed safely (fix: keep operator state to arrays, numbers, strings, lists, tuples and dicts)
+    diffraflow.schemas.errors.PipelineError: state.f: holds a builtin_function_or_method, which cannot be checkpointed safely (fix: keep operator state to arrays, numbers, strings, lists, tuples and dicts)
     """
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
@@ -155,7 +154,7 @@ def load_record(path: str | os.PathLike) -> Any:
     >>> load_record(bad)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    schemas.errors.UnsafeRecordError: ...state.npz: not a diffraflow progress record (a pickle or other file); it is never loaded (fix: ...)
+    diffraflow.schemas.errors.UnsafeRecordError: ...state.npz: not a diffraflow progress record (a pickle or other file); it is never loaded (fix: ...)
     """
     path = Path(path)
     fix = "delete the output store's _progress folder or re-run with --overwrite to start afresh"

@@ -35,7 +35,7 @@ class _HasMaskLabels(Protocol):
 def _labels_for(record: dict[str, Any], spec_attrs: dict[str, Any] | None, det_shape, n: int) -> list[str]:
     """Mask labels of a virtual-image step, rebuilt from its stored parameters."""
     try:
-        from operators.base import InputSpec, build_operator
+        from diffraflow.operators.base import InputSpec, build_operator
 
         op = build_operator(record["operator"], record.get("params") or {})
         spec = InputSpec((1, 1), tuple(det_shape), np.dtype("float32"), spec_attrs)
@@ -49,8 +49,8 @@ def _labels_for(record: dict[str, Any], spec_attrs: dict[str, Any] | None, det_s
 
 def _crystal_map_pictures(results, key: str, step: dict[str, Any], base: str, overwrite: bool) -> list[Path]:
     """The four crystal-map pictures of one step, as ``diffraflow export BASE.png`` draws them."""
-    from flow.crystal_map import MIN_CONFIDENCE, read_crystal_map
-    from flow.plots_crystal import write_crystal_map_pngs
+    from diffraflow.flow.crystal_map import MIN_CONFIDENCE, read_crystal_map
+    from diffraflow.flow.plots_crystal import write_crystal_map_pngs
 
     min_confidence = float(step.get("min_confidence", MIN_CONFIDENCE))
     return write_crystal_map_pngs(read_crystal_map(results, key), base, overwrite=overwrite,
@@ -81,8 +81,8 @@ def plot_result_store(results: str | os.PathLike, prefix: str | os.PathLike,
     --------
     >>> # [p.name for p in plot_result_store("out.zarr", "run")]
     """
-    from flow import plots
-    from flow.store import open_group_checked
+    from diffraflow.flow import plots
+    from diffraflow.flow.store import open_group_checked
 
     group = open_group_checked(results, kind="result")
     record = dict(group.attrs.get("results", {}))

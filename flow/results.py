@@ -8,7 +8,7 @@
       _progress/round<r>/partials.npz  merged reduction partials of chunks 0..n-1 (atomic replace)
       _progress/round<r>/state.npz  states after the round; then the empty file 'complete'
 
-Progress records are :mod:`flow.records` archives (JSON plus plain arrays),
+Progress records are :mod:`diffraflow.flow.records` archives (JSON plus plain arrays),
 never pickles: a store is data, and opening one must not run code.
 
 Per-frame result arrays are chunked exactly like the run's regions and not
@@ -24,9 +24,9 @@ removed when the store is complete.
 Examples
 --------
 >>> import numpy as np, tempfile, pathlib
->>> from flow.pipeline import Pipeline
->>> from flow.sources import ArraySource
->>> from operators.base import Operator, OutputSpec
+>>> from diffraflow.flow.pipeline import Pipeline
+>>> from diffraflow.flow.sources import ArraySource
+>>> from diffraflow.operators.base import Operator, OutputSpec
 >>> from dataclasses import dataclass
 >>> @dataclass(frozen=True)
 ... class Mean(Operator):
@@ -36,7 +36,7 @@ Examples
 ...     def process(self, frames, ctx):
 ...         return {"mean": frames.reshape(len(frames), -1).mean(axis=1)}
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "r.zarr"
->>> from flow.engine import run_pipeline
+>>> from diffraflow.flow.engine import run_pipeline
 >>> _ = run_pipeline(Pipeline([Mean()]), np.ones((2, 2, 3, 3), "uint8"), out)
 >>> import xarray as xr
 >>> xr.open_zarr(out, group="mean_example", consolidated=False)["mean"].dims
@@ -54,11 +54,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-
-from flow.records import load_record, save_record
-from flow.store import ARRAY_CONFIG
-from schemas.cube import StoreMarker, validate_store_marker
-from schemas.errors import OutputExistsError, SchemaError
+from diffraflow.flow.records import load_record, save_record
+from diffraflow.flow.store import ARRAY_CONFIG
+from diffraflow.schemas.cube import StoreMarker, validate_store_marker
+from diffraflow.schemas.errors import OutputExistsError, SchemaError
 
 if TYPE_CHECKING:
     import zarr
@@ -193,10 +192,9 @@ class ZarrResultStore(ResultSink):
 
     def open(self, plan, source) -> None:
         import zarr
-
-        from flow.locks import StoreLock
-        from flow.notices import notify
-        from flow.store import (
+        from diffraflow.flow.locks import StoreLock
+        from diffraflow.flow.notices import notify
+        from diffraflow.flow.store import (
             check_manifest,
             check_not_an_input,
             check_replaceable,
@@ -232,7 +230,7 @@ class ZarrResultStore(ResultSink):
         self._progress.mkdir(exist_ok=True)
         legacy = sorted(p.relative_to(final).as_posix() for p in self._progress.rglob("*.pkl"))
         if legacy:
-            from schemas.errors import UnsafeRecordError
+            from diffraflow.schemas.errors import UnsafeRecordError
 
             raise UnsafeRecordError(f"{final}: {legacy[0]}", "progress record in the old pickle format; pickles "
                                     "read from a store are never loaded",
@@ -337,7 +335,7 @@ class ZarrResultStore(ResultSink):
         (folder / "complete").touch()
 
     def complete(self) -> None:
-        from flow.store import store_manifest
+        from diffraflow.flow.store import store_manifest
 
         marker = StoreMarker(kind="result", complete=True).model_dump()
         assert self.group is not None  # opened by open()
@@ -351,7 +349,7 @@ class ZarrResultStore(ResultSink):
 
     def marked_complete(self) -> bool:
         """True when a store already at ``path`` says it is complete (read before :meth:`open`; no checks)."""
-        from flow.store import diffraflow_kind
+        from diffraflow.flow.store import diffraflow_kind
 
         path = Path(self.path)
         if diffraflow_kind(path) != "result":
@@ -376,7 +374,7 @@ MATERIALIZED = "_materialized"
 def _create_output(group, name: str, out, step, scan_shape: tuple[int, int], grid: tuple[int, int]) -> None:
     """One result array. Per-frame outputs have one chunk (or, for frames, one shard) per region, so each
     region is written whole by a single writer: the driver, or for frames the worker that computed them."""
-    from flow.store import checksum_codecs, frame_compressors
+    from diffraflow.flow.store import checksum_codecs, frame_compressors
 
     gy, gx = grid
     shape = out.result_shape(scan_shape)
@@ -417,9 +415,9 @@ def write_result_region(store: str | None, key: str, region, value: np.ndarray) 
     >>> write_result_region(None, "x/frames", None, np.zeros(1))
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: x/frames: a worker-written output needs a result store (fix: run with an output store)
+    diffraflow.schemas.errors.PipelineError: x/frames: a worker-written output needs a result store (fix: run with an output store)
     """
-    from schemas.errors import PipelineError
+    from diffraflow.schemas.errors import PipelineError
 
     if store is None:
         raise PipelineError(key, "a worker-written output needs a result store", "run with an output store")
@@ -435,10 +433,10 @@ def read_result_region(store: str | None, key: str, region) -> np.ndarray:
     >>> read_result_region(None, "x/frames", None)
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: x/frames: materialised frames need a result store (fix: run with an output store)
+    diffraflow.schemas.errors.PipelineError: x/frames: materialised frames need a result store (fix: run with an output store)
     """
-    from flow.store import check_region_present
-    from schemas.errors import PipelineError
+    from diffraflow.flow.store import check_region_present
+    from diffraflow.schemas.errors import PipelineError
 
     if store is None:
         raise PipelineError(key, "materialised frames need a result store", "run with an output store")
@@ -449,9 +447,8 @@ def read_result_region(store: str | None, key: str, region) -> np.ndarray:
 
 
 def _compressors() -> list[Any]:
+    from diffraflow.flow.store import checksum_codecs
     from zarr.codecs import ZstdCodec
-
-    from flow.store import checksum_codecs
 
     return [ZstdCodec(level=0), *checksum_codecs()]
 
@@ -467,7 +464,7 @@ def _step_attrs(step) -> dict[str, Any]:
 
 
 def _results_record(plan) -> dict[str, Any]:
-    """The ``results`` group attribute (see :mod:`schemas.results`): one entry per step with saved outputs."""
+    """The ``results`` group attribute (see :mod:`diffraflow.schemas.results`): one entry per step with saved outputs."""
     record: dict[str, Any] = {}
     for step in plan.steps:
         saved = [k for k in step.outputs if step.saved(k)]
@@ -484,7 +481,7 @@ def _results_record(plan) -> dict[str, Any]:
 def _complete_products(step, saved: list[str]) -> set[str]:
     # A product is recorded only when every variable its schema requires was saved:
     # 'save: [loadings]' keeps loadings as a free-form output, not half a decomposition.
-    from schemas.results import PRODUCTS
+    from diffraflow.schemas.results import PRODUCTS
 
     declared = {step.outputs[k].product for k in saved if step.outputs[k].product}
     return {p for p in declared if p in PRODUCTS and all(
@@ -499,8 +496,7 @@ def open_results(path: str | os.PathLike):
     >>> # tree = open_results("out.zarr"); tree["vbf"]["image"]
     """
     import xarray as xr
-
-    from flow.store import open_group_checked
+    from diffraflow.flow.store import open_group_checked
 
     group = open_group_checked(path, kind="result")
     if not group.attrs.get("diffraflow", {}).get("complete"):

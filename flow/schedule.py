@@ -3,8 +3,8 @@
 A **round** is one pass over the scan in which every chunk task runs the
 steps that need it. Steps with a fixed number of passes know their schedule
 in advance; **iterative** steps (NMF, fuzzy c-means) decide after each pass
-whether to go on (:class:`~operators.base.NextPass`), to run one last pass
-that keeps per-frame outputs (:class:`~operators.base.LastPass`), or to stop
+whether to go on (:class:`~diffraflow.operators.base.NextPass`), to run one last pass
+that keeps per-frame outputs (:class:`~diffraflow.operators.base.LastPass`), or to stop
 (their final outputs). So the schedule is built one round at a time:
 
 * a step starts in the round in which the step that provides its frames (the
@@ -22,10 +22,10 @@ round, so a resumed run continues with exactly the same schedule.
 Examples
 --------
 >>> import numpy as np
->>> from flow.pipeline import Pipeline
->>> from operators.stats.mean_pattern import MeanPattern
->>> from operators.decomposition.incremental_pca import IncrementalPCA
->>> from operators.base import InputSpec
+>>> from diffraflow.flow.pipeline import Pipeline
+>>> from diffraflow.operators.stats.mean_pattern import MeanPattern
+>>> from diffraflow.operators.decomposition.incremental_pca import IncrementalPCA
+>>> from diffraflow.operators.base import InputSpec
 >>> plan = Pipeline([MeanPattern(), IncrementalPCA(n_components=1)]).resolve(
 ...     InputSpec((2, 2), (3, 3), np.dtype("u1")))
 >>> schedule = Schedule(plan)
@@ -39,8 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.base import LastPass, NextPass
-from schemas.errors import PipelineError
+from diffraflow.operators.base import LastPass, NextPass
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["StepStatus", "ChainLink", "RoundPlan", "Schedule"]
 
@@ -114,7 +114,7 @@ class Schedule:
     Parameters
     ----------
     plan
-        The :class:`~flow.pipeline.ResolvedPipeline`.
+        The :class:`~diffraflow.flow.pipeline.ResolvedPipeline`.
     materialized
         Names of frames steps whose final frames are stored in the result store.
     """

@@ -6,11 +6,11 @@ path and a grid, never data) travels to workers, so the client never holds
 frames.
 
 :class:`ChunkSource` is the abstract protocol; :class:`ZarrCubeSource` reads a
-scan cube written by :mod:`flow.store`, :class:`ArraySource` wraps an
+scan cube written by :mod:`diffraflow.flow.store`, :class:`ArraySource` wraps an
 in-memory array (tests, notebooks). A live detector stream will implement the
 same protocol later.
 
-Regions follow the cube chunking rules (:mod:`schemas.chunking`): a band of
+Regions follow the cube chunking rules (:mod:`diffraflow.schemas.chunking`): a band of
 whole rows, or a run of frames inside one row, on a regular grid so that a
 region maps to exactly one chunk of every per-frame result array.
 
@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
-
-from operators.base import InputSpec
-from schemas.chunking import choose_layout
-from schemas.errors import SchemaError
+from diffraflow.operators.base import InputSpec
+from diffraflow.schemas.chunking import choose_layout
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["Region", "ChunkSource", "GrowingSource", "ZarrCubeSource", "ArraySource", "region_grid",
            "iter_regions"]
@@ -187,8 +186,8 @@ def read_checked(path: str, variable: str, region: Region, det_shape: tuple[int,
     ...
     FileNotFoundError: ...
     """
-    from flow.store import check_region_present
-    from schemas.errors import DataCorruptionError
+    from diffraflow.flow.store import check_region_present
+    from diffraflow.schemas.errors import DataCorruptionError
 
     arr = _open_patterns(path, variable)
     folder = Path(path) / variable
@@ -219,7 +218,7 @@ def _open_patterns(path: str, variable: str):
 
 
 class ZarrCubeSource:
-    """Frames of a scan cube (:func:`flow.store.open_cube` layout), complete or still being acquired.
+    """Frames of a scan cube (:func:`diffraflow.flow.store.open_cube` layout), complete or still being acquired.
 
     Opening checks the store marker and metadata and reads no frames. A cube
     written in place by an acquisition (``create_cube(..., in_place=True)``)
@@ -239,7 +238,7 @@ class ZarrCubeSource:
     Examples
     --------
     >>> import numpy as np, tempfile, pathlib
-    >>> from flow.store import create_cube
+    >>> from diffraflow.flow.store import create_cube
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "s.zarr"
     >>> with create_cube(out, scan_shape=(2, 3), det_shape=(4, 4), dtype="uint8",
     ...                  attrs={"modality": "ebsd", "detector": {"shape": [4, 4]}}) as w:
@@ -250,7 +249,7 @@ class ZarrCubeSource:
     """
 
     def __init__(self, path: str | os.PathLike, chunk_frames: int | None = None, variable: str = "patterns") -> None:
-        from flow.store import acquisition_progress, open_cube_group
+        from diffraflow.flow.store import acquisition_progress, open_cube_group
 
         self.path = str(Path(path).expanduser().absolute())
         self.variable = variable
@@ -291,9 +290,9 @@ class ZarrCubeSource:
         """
         import time
 
-        from flow.locks import HOST, pid_alive
-        from flow.store import acquisition_progress
-        from schemas.errors import InputFileError
+        from diffraflow.flow.locks import HOST, pid_alive
+        from diffraflow.flow.store import acquisition_progress
+        from diffraflow.schemas.errors import InputFileError
 
         deadline = time.monotonic() + max(0.0, timeout)
         while True:

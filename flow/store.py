@@ -6,7 +6,7 @@ A new cube is written under a temporary sibling name
 A writer that dies therefore leaves at most a hidden partial directory, which
 the next writer of the same output removes (saying so) once its owner is gone.
 One writer per store: the writer holds the store's lock
-(:class:`flow.locks.StoreLock`).
+(:class:`diffraflow.flow.locks.StoreLock`).
 
 ``overwrite=True`` replaces only a store that diffraflow made, of the same
 kind, and never an input of the command (:func:`prepare_output_path`); even
@@ -16,7 +16,7 @@ Every array is written with a CRC-32C checksum on each stored chunk and with
 every chunk present (``write_empty_chunks``), and a complete store records a
 ``manifest`` (chunk files per array). Opening a store checks the manifest
 against the files, and reading a region checks that its chunk files exist, so
-a deleted chunk is an error (:class:`~schemas.errors.DataCorruptionError`),
+a deleted chunk is an error (:class:`~diffraflow.schemas.errors.DataCorruptionError`),
 never fill values, and damaged bytes fail their checksum.
 
 Frames are pushed in scan order with :meth:`FrameArrayWriter.append`; the
@@ -47,17 +47,16 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
-
-from flow.locks import HOST, StoreLock, pid_alive
-from flow.notices import notify
-from schemas.chunking import (
+from diffraflow.flow.locks import HOST, StoreLock, pid_alive
+from diffraflow.flow.notices import notify
+from diffraflow.schemas.chunking import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_SHARD_BYTES,
     CubeLayout,
     choose_layout,
     validate_layout,
 )
-from schemas.cube import (
+from diffraflow.schemas.cube import (
     FORMAT_VERSION,
     SCAN_DIMS,
     ScanAttrs,
@@ -65,7 +64,7 @@ from schemas.cube import (
     validate_scan_attrs,
     validate_store_marker,
 )
-from schemas.errors import (
+from diffraflow.schemas.errors import (
     DataCorruptionError,
     DestinationNotWritableError,
     IncompleteStoreError,
@@ -153,7 +152,7 @@ def prepare_output_path(path: str | os.PathLike, overwrite: bool = False, *, kin
     >>> prepare_output_path("/tmp/x.up1", overwrite=True, inputs=["/tmp/x.up1"])
     Traceback (most recent call last):
     ...
-    schemas.errors.OutputExistsError: /tmp/x.up1: the output is the command's input /tmp/x.up1; diffraflow never overwrites its input (fix: choose another output path)
+    diffraflow.schemas.errors.OutputExistsError: /tmp/x.up1: the output is the command's input /tmp/x.up1; diffraflow never overwrites its input (fix: choose another output path)
     """
     final = Path(path).expanduser().absolute()
     check_not_an_input(final, inputs)
@@ -188,7 +187,7 @@ def check_not_an_input(final: str | os.PathLike, inputs: Iterable[str | os.PathL
     >>> check_not_an_input("/data/scan.zarr/x", ["/data/scan.zarr"])
     Traceback (most recent call last):
     ...
-    schemas.errors.OutputExistsError: /data/scan.zarr/x: the output is inside the command's input /data/scan.zarr; diffraflow never writes into its input (fix: choose another output path)
+    diffraflow.schemas.errors.OutputExistsError: /data/scan.zarr/x: the output is inside the command's input /data/scan.zarr; diffraflow never writes into its input (fix: choose another output path)
     """
     out = Path(final).expanduser().absolute()
     for item in inputs:
@@ -237,7 +236,7 @@ def check_replaceable(final: Path, kind: str) -> None:
     >>> check_replaceable(folder, "result")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    schemas.errors.OutputExistsError: ...: exists and was not made by diffraflow (no diffraflow store marker); --overwrite never replaces it (fix: choose another output path, or move it away yourself)
+    diffraflow.schemas.errors.OutputExistsError: ...: exists and was not made by diffraflow (no diffraflow store marker); --overwrite never replaces it (fix: choose another output path, or move it away yourself)
     """
     found = diffraflow_kind(final) if final.is_dir() else None
     if found is None:
@@ -692,7 +691,7 @@ def create_cube(
     overwrite
         Replace an existing store (only once the new one is complete).
     chunk_bytes, shard_bytes, chunk_frames, layout
-        Chunking; see :func:`schemas.chunking.choose_layout`.
+        Chunking; see :func:`diffraflow.schemas.chunking.choose_layout`.
     where
         Name of the input for error messages (defaults to ``path``).
     inputs
@@ -737,7 +736,7 @@ def open_group_checked(path: str | os.PathLike, kind: str | None = None, require
     >>> open_group_checked("/nonexistent.zarr")
     Traceback (most recent call last):
     ...
-    schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    diffraflow.schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
     """
     import zarr
 
@@ -899,7 +898,7 @@ def check_region_present(array_path: str | os.PathLike, record: dict[str, Any], 
     >>> check_region_present("/no/such/array", rec, (0, 1), (0, 2))
     Traceback (most recent call last):
     ...
-    schemas.errors.DataCorruptionError: /no/such/array: chunk file c/0/0/0/0 is missing (fix: the store is damaged: restore it from a copy, or re-create it with the command that made it)
+    diffraflow.schemas.errors.DataCorruptionError: /no/such/array: chunk file c/0/0/0/0 is missing (fix: the store is damaged: restore it from a copy, or re-create it with the command that made it)
     """
     counts, separator = _grid(record)
     chunk = [int(v) for v in record["chunk_grid"]["configuration"]["chunk_shape"]]
@@ -1028,7 +1027,7 @@ def open_cube_group(path: str | os.PathLike, allow_acquiring: bool = False):
     >>> open_cube_group("/no/such/cube.zarr")
     Traceback (most recent call last):
     ...
-    schemas.errors.StoreNotFoundError: /no/such/cube.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    diffraflow.schemas.errors.StoreNotFoundError: /no/such/cube.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
     """
     progress = acquisition_progress(path)
     state = progress.get("state") if progress else None

@@ -19,8 +19,7 @@ import time
 from typing import Any
 
 import numpy as np
-
-from flow.sources import ArraySource, Region
+from diffraflow.flow.sources import ArraySource, Region
 
 __all__ = ["GrowingArraySource"]
 
@@ -29,7 +28,7 @@ class GrowingArraySource(ArraySource):
     """An in-memory scan whose regions become readable one every ``interval`` seconds.
 
     The growth happens in the driver (in :meth:`poll`); the array itself
-    travels to workers like an :class:`~flow.sources.ArraySource`'s.
+    travels to workers like an :class:`~diffraflow.flow.sources.ArraySource`'s.
 
     Parameters
     ----------

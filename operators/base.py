@@ -64,8 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
-
-from schemas.errors import PipelineError
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = [
     "NextPass",
@@ -142,7 +141,7 @@ class OutputSpec:
     description
         One line for ``diffraflow operators`` and the result attributes.
     product
-        The result product this output belongs to (see ``schemas.results``),
+        The result product this output belongs to (see ``diffraflow.schemas.results``),
         e.g. ``"crystal_map"``.
 
     Examples
@@ -201,7 +200,7 @@ class ChunkContext:
     scan_index
         ``(n, 2)`` array of the ``(y, x)`` scan positions of the chunk's frames.
     backend
-        The step's backend (see :mod:`schemas.backends`): ``numpy``, ``cupy``,
+        The step's backend (see :mod:`diffraflow.schemas.backends`): ``numpy``, ``cupy``,
         ``torch-cpu`` or ``torch-cuda``.
     final_pass
         True in the pass whose per-frame outputs are kept (the last one).
@@ -219,7 +218,7 @@ class ChunkContext:
     @property
     def xp(self):
         """The array library of the backend: numpy, cupy or torch."""
-        from schemas.backends import array_module
+        from diffraflow.schemas.backends import array_module
 
         return array_module(self.backend)
 
@@ -307,7 +306,7 @@ class Operator:
     name
         Registry name used in pipeline files.
     backends
-        Backends the kernel supports (:mod:`schemas.backends`), in order of preference.
+        Backends the kernel supports (:mod:`diffraflow.schemas.backends`), in order of preference.
     passes
         Number of passes over the data (the most an iterative operator may
         take: see :meth:`max_passes`).
@@ -402,7 +401,7 @@ class Operator:
         They go into the step's group attributes and its entry in the result
         store's ``results`` record, e.g. ``{"phases": [...]}`` for a
         ``crystal_map`` product or ``{"method": "pca"}`` for a decomposition
-        (see ``schemas.results``).
+        (see ``diffraflow.schemas.results``).
 
         Examples
         --------
@@ -494,7 +493,7 @@ _REGISTRY: dict[str, type[Operator]] = {}
 
 #: Sub-packages and modules of ``operators`` that hold no operators; skipped
 #: when the registry imports the package on first access.
-_NOT_OPERATOR_MODULES = ("operators.base", "operators.crystallography", "operators.simulate")
+_NOT_OPERATOR_MODULES = ("diffraflow.operators.base", "diffraflow.operators.crystallography", "diffraflow.operators.simulate")
 
 
 def register_operator(cls: type[Operator]) -> type[Operator]:
@@ -510,7 +509,7 @@ def register_operator(cls: type[Operator]) -> type[Operator]:
     >>> get_operator_class("noop_example") is Noop
     True
     """
-    from schemas.backends import BACKENDS
+    from diffraflow.schemas.backends import BACKENDS
 
     if not cls.name:
         raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
@@ -539,9 +538,8 @@ def _load_operator_modules() -> None:
     import importlib
     import pkgutil
 
-    import operators
-
-    for info in pkgutil.walk_packages(operators.__path__, prefix="operators."):
+    import diffraflow.operators as operators
+    for info in pkgutil.walk_packages(operators.__path__, prefix="diffraflow.operators."):
         if info.name.startswith(_NOT_OPERATOR_MODULES) or info.name.rsplit(".", 1)[-1].startswith(("_", "gpu")):
             continue
         importlib.import_module(info.name)
@@ -568,7 +566,7 @@ def get_operator_class(name: str, where: str = "pipeline") -> type[Operator]:
     >>> get_operator_class("definitely_not_an_operator")
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: pipeline: unknown operator 'definitely_not_an_operator' (fix: run 'diffraflow operators' to list operators)
+    diffraflow.schemas.errors.PipelineError: pipeline: unknown operator 'definitely_not_an_operator' (fix: run 'diffraflow operators' to list operators)
     """
     operators = list_operators()
     if name in operators:
@@ -618,7 +616,7 @@ def build_operator(name: str, params: dict[str, Any] | None = None, where: str =
     >>> build_operator("definitely_not_an_operator")
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: pipeline: unknown operator 'definitely_not_an_operator' (fix: run 'diffraflow operators' to list operators)
+    diffraflow.schemas.errors.PipelineError: pipeline: unknown operator 'definitely_not_an_operator' (fix: run 'diffraflow operators' to list operators)
     """
     cls = get_operator_class(name, where)
     params = dict(params or {})

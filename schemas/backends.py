@@ -26,7 +26,7 @@ False
 >>> get_backend("torch")
 Traceback (most recent call last):
 ...
-schemas.errors.BackendUnavailableError: backend: 'torch' is not a backend (fix: use torch-cpu or torch-cuda: the device is part of the backend's name)
+diffraflow.schemas.errors.BackendUnavailableError: backend: 'torch' is not a backend (fix: use torch-cpu or torch-cuda: the device is part of the backend's name)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.errors import BackendUnavailableError
+from diffraflow.schemas.errors import BackendUnavailableError
 
 __all__ = ["Backend", "BACKENDS", "BACKEND_NAMES", "get_backend", "backend_available", "require_backend",
            "array_module"]

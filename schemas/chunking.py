@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["CubeLayout", "choose_layout", "validate_layout", "DEFAULT_CHUNK_BYTES", "DEFAULT_SHARD_BYTES"]
 
@@ -106,7 +106,7 @@ def validate_layout(layout: CubeLayout, where: str = "layout") -> CubeLayout:
     >>> validate_layout(CubeLayout((4, 4, 8, 8), (2, 2, 4, 8), (2, 4, 8, 8)))
     Traceback (most recent call last):
     ...
-    schemas.errors.SchemaError: layout: chunks: detector axes must not be chunked, got chunks (2, 2, 4, 8) for detector (8, 8) (fix: use chunks of shape (n_y, n_x, 8, 8))
+    diffraflow.schemas.errors.SchemaError: layout: chunks: detector axes must not be chunked, got chunks (2, 2, 4, 8) for detector (8, 8) (fix: use chunks of shape (n_y, n_x, 8, 8))
     """
     sy, sx, dy, dx = layout.shape
     cy, cx, cdy, cdx = layout.chunks

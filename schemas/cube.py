@@ -14,7 +14,7 @@ indexing, crystal-map exports) ask :func:`ebsd_geometry`, which fills the
 conventional assumption and says so.
 
 Validation happens on open and on write; a failure is a
-:class:`~schemas.errors.SchemaError` naming the field and the fix. The
+:class:`~diffraflow.schemas.errors.SchemaError` naming the field and the fix. The
 attributes can be exported as JSON Schema (:func:`scan_attrs_json_schema`) so
 that other tools can validate our stores without importing diffraflow.
 
@@ -26,7 +26,7 @@ Examples
 >>> validate_scan_attrs({"modality": "xrd"}, where="scan.zarr")
 Traceback (most recent call last):
 ...
-schemas.errors.SchemaError: scan.zarr: modality: Input should be 'ebsd', 'tkd', '4dstem' or 'sped', got 'xrd' (fix: set modality to one of ebsd, tkd, 4dstem, sped)
+diffraflow.schemas.errors.SchemaError: scan.zarr: modality: Input should be 'ebsd', 'tkd', '4dstem' or 'sped', got 'xrd' (fix: set modality to one of ebsd, tkd, 4dstem, sped)
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from diffraflow.schemas.errors import DiffraflowError, SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from schemas.errors import DiffraflowError, SchemaError
 
 __all__ = [
     "SCAN_DIMS",
@@ -218,7 +217,7 @@ class StepSize(_Strict):
 
 
 class PhaseRecord(_Strict):
-    """A crystal phase as stored in the metadata (see ``operators.crystallography``).
+    """A crystal phase as stored in the metadata (see ``diffraflow.operators.crystallography``).
 
     Examples
     --------
@@ -381,7 +380,7 @@ def check_projection_centre(pc: Sequence[float], convention: str = "bruker", whe
     >>> check_projection_centre([5.0, 0.22, 0.5], "tsl")
     Traceback (most recent call last):
     ...
-    schemas.errors.SchemaError: --pc: projection-centre x = 5.0 is outside [-1, 2] in the tsl convention (fractions of the detector) (fix: give x and y as fractions of the detector width and height (typically 0.3-0.7) and z as detector distance over screen size (typically 0.4-1.0); pixel and micrometre values need --pc-convention emsoft)
+    diffraflow.schemas.errors.SchemaError: --pc: projection-centre x = 5.0 is outside [-1, 2] in the tsl convention (fractions of the detector) (fix: give x and y as fractions of the detector width and height (typically 0.3-0.7) and z as detector distance over screen size (typically 0.4-1.0); pixel and micrometre values need --pc-convention emsoft)
     >>> check_projection_centre([12.5, -40.0, 15000.0], "emsoft", det_shape=(60, 60), binning=8)
     (12.5, -40.0, 15000.0)
     """
@@ -556,7 +555,7 @@ def validate_store_marker(record: Any, where: str = "store") -> StoreMarker:
     >>> validate_store_marker({"kind": "banana"}, where="s.zarr")
     Traceback (most recent call last):
     ...
-    schemas.errors.SchemaError: s.zarr: diffraflow.kind: Input should be 'scan_cube' or 'result', got 'banana' (fix: this is not a store diffraflow can read: re-create it with 'diffraflow convert' or 'diffraflow run')
+    diffraflow.schemas.errors.SchemaError: s.zarr: diffraflow.kind: Input should be 'scan_cube' or 'result', got 'banana' (fix: this is not a store diffraflow can read: re-create it with 'diffraflow convert' or 'diffraflow run')
     """
     if not isinstance(record, Mapping):
         raise SchemaError(f"{where}: diffraflow", f"the store marker must be a mapping, got {record!r}",

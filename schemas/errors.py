@@ -11,7 +11,7 @@ stderr and exit status 2; other exceptions are bugs and keep their traceback.
 
 Examples
 --------
->>> from schemas.errors import SchemaError
+>>> from diffraflow.schemas.errors import SchemaError
 >>> err = SchemaError("detector.pc", "pc_x must lie in [0, 1], got 1.7", "give the projection centre as a fraction of the detector width")
 >>> print(err)
 detector.pc: pc_x must lie in [0, 1], got 1.7 (fix: give the projection centre as a fraction of the detector width)

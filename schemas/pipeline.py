@@ -15,8 +15,8 @@ A pipeline file::
 
 The structure is checked here against :func:`pipeline_json_schema`; operator
 and parameter names are checked against the registry when the pipeline is
-built (:meth:`flow.pipeline.Pipeline.from_dict`). Both happen before any data
-is read, and every failure is a one-line :class:`~schemas.errors.PipelineError`
+built (:meth:`diffraflow.flow.pipeline.Pipeline.from_dict`). Both happen before any data
+is read, and every failure is a one-line :class:`~diffraflow.schemas.errors.PipelineError`
 naming the closest valid name.
 
 Examples
@@ -24,7 +24,7 @@ Examples
 >>> validate_pipeline_record({"pipeline": 1, "steps": [{"op": "x", "parms": {}}]})
 Traceback (most recent call last):
 ...
-schemas.errors.PipelineError: pipeline: steps[0]: unknown key 'parms' (fix: did you mean 'params'?)
+diffraflow.schemas.errors.PipelineError: pipeline: steps[0]: unknown key 'parms' (fix: did you mean 'params'?)
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from schemas.backends import BACKEND_NAMES
-from schemas.errors import PipelineError
+from diffraflow.schemas.backends import BACKEND_NAMES
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["PIPELINE_FORMAT", "pipeline_json_schema", "validate_pipeline_record", "read_pipeline_file"]
 
@@ -109,7 +109,7 @@ def validate_pipeline_record(record: Any, where: str = "pipeline") -> dict[str, 
     >>> validate_pipeline_record({"pipeline": 2, "steps": [{"op": "a"}]})
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: pipeline: pipeline: format version 2 is not supported (fix: write 'pipeline: 1')
+    diffraflow.schemas.errors.PipelineError: pipeline: pipeline: format version 2 is not supported (fix: write 'pipeline: 1')
     """
     import jsonschema
 
@@ -162,7 +162,7 @@ def read_pipeline_file(path: str | os.PathLike) -> dict[str, Any]:
     >>> read_pipeline_file("/no/such/file.yaml")
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: /no/such/file.yaml: no such file (fix: check the pipeline file path)
+    diffraflow.schemas.errors.PipelineError: /no/such/file.yaml: no such file (fix: check the pipeline file path)
     """
     import yaml
 

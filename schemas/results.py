@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["VariableSpec", "ProductSpec", "PRODUCTS", "validate_product", "validate_result_group"]
 
@@ -122,7 +121,7 @@ def validate_product(group, product: str, record: dict[str, Any], where: str) ->
     >>> validate_product(g, "class_probabilities", {"class_names": ["a"]}, "r.zarr")
     Traceback (most recent call last):
     ...
-    schemas.errors.SchemaError: r.zarr: class_probabilities.probabilities: variable is missing (fix: re-run the pipeline that writes class_probabilities)
+    diffraflow.schemas.errors.SchemaError: r.zarr: class_probabilities.probabilities: variable is missing (fix: re-run the pipeline that writes class_probabilities)
     """
     if product not in PRODUCTS:
         raise SchemaError(f"{where}: results", f"unknown product {product!r}",

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from flow.cli import main
+from diffraflow.flow.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from flow.cli import positive_float
-from schemas.cube import PC_CONVENTIONS
+from diffraflow.flow.cli import positive_float
+from diffraflow.schemas.cube import PC_CONVENTIONS
 
 _EPILOG = """formats: h5ebsd (kikuchipy, EDAX, Bruker, Oxford), EDAX .up1/.up2, Oxford .ebsp,
 NORDIF .dat (+Setting.txt), NanoMegas .blo, Merlin .mib (+.hdr), HyperSpy .hspy, .npy,
@@ -73,7 +73,7 @@ def _command(args) -> str:
 
 
 def run(args) -> int:
-    from flow.convert import convert
+    from diffraflow.flow.convert import convert
 
     quiet = args.quiet
 

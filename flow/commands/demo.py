@@ -16,7 +16,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from schemas.errors import OutputExistsError
+from diffraflow.schemas.errors import OutputExistsError
 
 DEFAULT_PIPELINE = "default_ebsd.yaml"
 
@@ -50,11 +50,11 @@ def default_pipeline_path() -> Path:
     >>> default_pipeline_path().name
     'default_ebsd.yaml'
     """
-    return Path(str(resources.files("flow.pipelines") / DEFAULT_PIPELINE))
+    return Path(str(resources.files("diffraflow.flow.pipelines") / DEFAULT_PIPELINE))
 
 
 def _step(title: str, argv: list[str]) -> None:
-    from flow.cli import main
+    from diffraflow.flow.cli import main
 
     print(f"==> {title}\n    diffraflow {' '.join(argv)}", flush=True)
     start = time.perf_counter()
@@ -66,8 +66,8 @@ def _step(title: str, argv: list[str]) -> None:
 
 def _compile_indexing_kernels(scan: Path) -> None:
     """Compile the indexing kernels for the scan's dtype as a step, saying so first; silent when cached."""
-    from flow.store import open_cube
-    from operators.indexing.indexer import warm_up_kernels
+    from diffraflow.flow.store import open_cube
+    from diffraflow.operators.indexing.indexer import warm_up_kernels
 
     dtype = open_cube(scan, chunks=None)["patterns"].dtype
     seconds = warm_up_kernels(dtype, "auto", notify=lambda message: print(f"==> {message}", flush=True))
@@ -101,9 +101,8 @@ def run(args) -> int:
 
 def _report(out: Path, scan: Path, xmap: Path) -> None:
     import numpy as np
-
-    from flow.crystal_map import read_crystal_map
-    from flow.store import open_cube
+    from diffraflow.flow.crystal_map import read_crystal_map
+    from diffraflow.flow.store import open_cube
 
     print("\nResults")
     for path in sorted(out.iterdir()):

@@ -37,9 +37,9 @@ def check_min_confidence(value: float | None, option: str = "--min-confidence") 
     >>> check_min_confidence(10)
     Traceback (most recent call last):
     ...
-    schemas.errors.SchemaError: --min-confidence: must be between 0 and 1, got 10 (fix: e.g. --min-confidence 0.1; 0 keeps every solution)
+    diffraflow.schemas.errors.SchemaError: --min-confidence: must be between 0 and 1, got 10 (fix: e.g. --min-confidence 0.1; 0 keeps every solution)
     """
-    from schemas.errors import SchemaError
+    from diffraflow.schemas.errors import SchemaError
 
     if value is not None and not 0.0 <= value <= 1.0:
         raise SchemaError(option, f"must be between 0 and 1, got {value:g}",
@@ -47,15 +47,15 @@ def check_min_confidence(value: float | None, option: str = "--min-confidence") 
 
 
 def run(args) -> int:
-    from flow.crystal_map import (
+    from diffraflow.flow.crystal_map import (
         MIN_CONFIDENCE,
         header_metadata,
         read_crystal_map,
         read_crystal_map_record,
     )
-    from flow.exporters import export_crystal_map, exporter_for
-    from flow.exporters._common import check_output
-    from flow.plots_crystal import png_paths
+    from diffraflow.flow.exporters import export_crystal_map, exporter_for
+    from diffraflow.flow.exporters._common import check_output
+    from diffraflow.flow.plots_crystal import png_paths
 
     check_min_confidence(args.min_confidence)
     exporter_for(args.output)  # unknown extension: fail before reading anything

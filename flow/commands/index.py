@@ -2,9 +2,9 @@
 
 The cube is streamed in blocks of whole scan rows (aligned to its chunks, a
 few thousand patterns each), so memory stays bounded whatever the scan size;
-each block goes through :meth:`operators.indexing.HoughIndexer.index_chunk`
+each block goes through :meth:`diffraflow.operators.indexing.HoughIndexer.index_chunk`
 and is written straight into the crystal-map result store
-(:class:`flow.crystal_map.CrystalMapStoreWriter`), which is renamed to its
+(:class:`diffraflow.flow.crystal_map.CrystalMapStoreWriter`), which is renamed to its
 final name only when complete.
 
 The projection centre comes from the cube (per-point variable ``pc`` if
@@ -15,7 +15,7 @@ from the cube metadata. A static background stored in the cube
 
 The store keeps every solution with its confidence. The summary counts as
 indexed only the points whose confidence reaches ``--min-confidence``
-(default :data:`flow.crystal_map.MIN_CONFIDENCE`, chosen by measurement), the
+(default :data:`diffraflow.flow.crystal_map.MIN_CONFIDENCE`, chosen by measurement), the
 value ``diffraflow export`` then applies. The numba kernels are compiled (or
 loaded from numba's cache) before the clock starts, with a word when that
 takes long, so the reported rate is the indexing rate.
@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from schemas.cube import PC_CONVENTIONS
-from schemas.errors import SchemaError
+from diffraflow.schemas.cube import PC_CONVENTIONS
+from diffraflow.schemas.errors import SchemaError
 
 #: Patterns handed to the indexer per block (rounded to whole rows of chunks).
 BLOCK_PATTERNS = 4096
@@ -76,9 +75,8 @@ def register(subparsers) -> None:
 
 
 def _phase_list(args, scan, where: str):
+    from diffraflow.operators.crystallography.phases import get_phase, phase_from_record
     from orix.crystal_map import PhaseList
-
-    from operators.crystallography.phases import get_phase, phase_from_record
 
     if args.phase:
         phases = [get_phase(name) for name in args.phase]
@@ -148,21 +146,20 @@ def summary_line(path, n_indexed: int, n_below: int, n: int, min_confidence: flo
 
 
 def run(args) -> int:
-    from kikuchipy.detectors import EBSDDetector
-    from tqdm import tqdm
-
-    from flow.commands.export import check_min_confidence
-    from flow.crystal_map import (
+    from diffraflow.flow.commands.export import check_min_confidence
+    from diffraflow.flow.crystal_map import (
         MIN_CONFIDENCE,
         CrystalMapStoreWriter,
         count_indexed,
         phase_records_from_phase_list,
     )
-    from flow.exporters._common import check_output
-    from flow.plots_crystal import png_paths
-    from flow.store import open_cube, prepare_output_path
-    from operators.indexing import HoughIndexer
-    from schemas.cube import ebsd_geometry, validate_scan_attrs
+    from diffraflow.flow.exporters._common import check_output
+    from diffraflow.flow.plots_crystal import png_paths
+    from diffraflow.flow.store import open_cube, prepare_output_path
+    from diffraflow.operators.indexing import HoughIndexer
+    from diffraflow.schemas.cube import ebsd_geometry, validate_scan_attrs
+    from kikuchipy.detectors import EBSDDetector
+    from tqdm import tqdm
 
     where = str(args.input)
     check_min_confidence(args.min_confidence)
@@ -202,7 +199,7 @@ def run(args) -> int:
         "source": str(Path(args.input).absolute()),
         "projection_centre": {"value": pc_used,
                               "convention": convention, "source": pc_source, "per_point": bool(per_point_pc)},
-        "indexer": {"class": "operators.indexing.HoughIndexer", "backend": indexer.backend,
+        "indexer": {"class": "diffraflow.operators.indexing.HoughIndexer", "backend": indexer.backend,
                     **{k: v for k, v in indexer.options.items() if k != "backend"},
                     "static_background": background is not None},
         "min_confidence": min_confidence,
@@ -246,8 +243,8 @@ def run(args) -> int:
               f"(used {pc_used}, {convention}; set it with --pc) and the phases",
               file=sys.stderr)
     if args.png:
-        from flow.crystal_map import read_crystal_map
-        from flow.plots_crystal import write_crystal_map_pngs
+        from diffraflow.flow.crystal_map import read_crystal_map
+        from diffraflow.flow.plots_crystal import write_crystal_map_pngs
 
         for picture in write_crystal_map_pngs(read_crystal_map(path), base, overwrite=args.overwrite,
                                               min_confidence=min_confidence):

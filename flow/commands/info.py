@@ -25,9 +25,9 @@ def run(args) -> int:
     >>> run(argparse.Namespace(store="/nonexistent.zarr"))
     Traceback (most recent call last):
     ...
-    schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
+    diffraflow.schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
     """
-    from flow.inspect_store import describe_store
+    from diffraflow.flow.inspect_store import describe_store
 
     print(describe_store(args.store))
     return 0

@@ -28,13 +28,12 @@ def describe_operator(cls) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from operators.base import Operator
+    >>> from diffraflow.operators.base import Operator
     >>> describe_operator(Operator)["parameters"]
     []
     """
     import numpy as np
-
-    from operators.base import InputSpec, operator_parameters
+    from diffraflow.operators.base import InputSpec, operator_parameters
 
     passes: Any = cls.passes if isinstance(cls.passes, int) else "depends on parameters"
     outputs: Any = "depends on parameters"
@@ -62,8 +61,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def run(args) -> int:
-    from flow.commands.run import import_plugins
-    from operators.base import get_operator_class, list_operators
+    from diffraflow.flow.commands.run import import_plugins
+    from diffraflow.operators.base import get_operator_class, list_operators
 
     import_plugins(args.plugin)
     classes = [get_operator_class(args.name, where="operators")] if args.name else list(list_operators().values())

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from flow.cli import non_negative_int, positive_float, positive_int
-from flow.executors import DEFAULT_CONNECT_TIMEOUT
+from diffraflow.flow.cli import non_negative_int, positive_float, positive_int
+from diffraflow.flow.executors import DEFAULT_CONNECT_TIMEOUT
 
 
 def register(subparsers) -> None:
@@ -57,9 +57,9 @@ def import_plugins(modules: list[str]) -> None:
     >>> import_plugins(["no_such_plugin_module"])
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: --plugin no_such_plugin_module: cannot import it: No module named 'no_such_plugin_module' (fix: check the module name and that its directory is on PYTHONPATH)
+    diffraflow.schemas.errors.PipelineError: --plugin no_such_plugin_module: cannot import it: No module named 'no_such_plugin_module' (fix: check the module name and that its directory is on PYTHONPATH)
     """
-    from schemas.errors import PipelineError
+    from diffraflow.schemas.errors import PipelineError
 
     for name in modules:
         try:
@@ -70,8 +70,8 @@ def import_plugins(modules: list[str]) -> None:
 
 
 def run(args) -> int:
-    from flow.engine import run_pipeline
-    from flow.pipeline import Pipeline
+    from diffraflow.flow.engine import run_pipeline
+    from diffraflow.flow.pipeline import Pipeline
 
     import_plugins(args.plugin)
     pipeline = Pipeline.from_file(args.pipeline)  # fails here, before any data, on a bad file
@@ -92,8 +92,8 @@ def run(args) -> int:
     else:
         print(f"{report.output}: complete; {report.summary()}")
     if args.png:
-        from flow.result_plots import plot_result_store
-        from flow.store import read_scan_attrs
+        from diffraflow.flow.result_plots import plot_result_store
+        from diffraflow.flow.store import read_scan_attrs
 
         scan = read_scan_attrs(args.input).model_dump(mode="json")
         for path in plot_result_store(args.output, args.png, scan_attrs=scan):

@@ -22,11 +22,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     if args.which == "scan":
-        from schemas.cube import scan_attrs_json_schema
+        from diffraflow.schemas.cube import scan_attrs_json_schema
 
         schema = scan_attrs_json_schema()
     else:
-        from schemas.pipeline import pipeline_json_schema
+        from diffraflow.schemas.pipeline import pipeline_json_schema
 
         schema = pipeline_json_schema()
     text = json.dumps(schema, indent=2)

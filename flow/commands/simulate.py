@@ -1,8 +1,8 @@
 """``diffraflow simulate {ebsd,sped} OUT.zarr``: write a synthetic scan cube with its ground truth.
 
-The maths lives in :mod:`operators.simulate`; this module turns arguments into
+The maths lives in :mod:`diffraflow.operators.simulate`; this module turns arguments into
 simulator parameters, streams the frames into a new cube with
-:func:`flow.store.create_cube` (bounded memory, written under a temporary name
+:func:`diffraflow.flow.store.create_cube` (bounded memory, written under a temporary name
 and renamed when complete) and records metadata and truth.
 
 EBSD truth: ``true_rotation`` (scan_y, scan_x, quat; orix scalar-first
@@ -16,7 +16,7 @@ mean ``dose * loadings @ factors``.
 Examples
 --------
 >>> import tempfile, pathlib
->>> from flow.cli import main
+>>> from diffraflow.flow.cli import main
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "sped.zarr"
 >>> main(["simulate", "sped", str(out), "--scan-shape", "2", "6", "--detector-shape", "16", "16"])  # doctest: +ELLIPSIS
 wrote ...sped.zarr: sped 2 x 6 scan, 16 x 16 uint8 frames; ground truth true_loadings, true_factors
@@ -29,7 +29,7 @@ import shlex
 import sys
 from typing import Any
 
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["register", "run_ebsd", "run_sped", "write_ebsd", "write_sped"]
 
@@ -168,7 +168,7 @@ def _check_step(step: float) -> None:
 
 def write_ebsd(sim, out, *, overwrite: bool = False, clean_patterns: bool = False, step_size: float = 1.0,
                command: str | None = None, progress: bool = True):
-    """Write an :class:`~operators.simulate.ebsd.EBSDSimulation` as a scan cube with its truth.
+    """Write an :class:`~diffraflow.operators.simulate.ebsd.EBSDSimulation` as a scan cube with its truth.
 
     Returns
     -------
@@ -178,14 +178,14 @@ def write_ebsd(sim, out, *, overwrite: bool = False, clean_patterns: bool = Fals
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from operators.simulate.ebsd import simulate_ebsd
+    >>> from diffraflow.operators.simulate.ebsd import simulate_ebsd
     >>> path = write_ebsd(simulate_ebsd((2, 2), det_shape=(8, 8), seed=0),
     ...                   pathlib.Path(tempfile.mkdtemp()) / "e.zarr", progress=False)
     >>> path.name
     'e.zarr'
     """
-    from flow.store import create_cube
-    from operators.crystallography.phases import get_phase, phase_to_record
+    from diffraflow.flow.store import create_cube
+    from diffraflow.operators.crystallography.phases import get_phase, phase_to_record
 
     _check_step(step_size)
     phases = [{**phase_to_record(get_phase(name)), "id": pid} for pid, name in enumerate(sim.phases)]
@@ -196,7 +196,7 @@ def write_ebsd(sim, out, *, overwrite: bool = False, clean_patterns: bool = Fals
         "beam_energy_kv": sim.energy_kv,
         "step_size": {"y": float(step_size), "x": float(step_size), "unit": "um"},
         "phases": phases,
-        "provenance": {"source_format": "simulated", "reader": "operators.simulate.ebsd", "command": command},
+        "provenance": {"source_format": "simulated", "reader": "diffraflow.operators.simulate.ebsd", "command": command},
         "original_metadata": {"simulation": {**sim.parameters, "step_size_um": float(step_size)}},
     }
     with create_cube(out, scan_shape=sim.scan_shape, det_shape=sim.det_shape, dtype=sim.dtype, attrs=attrs,
@@ -225,18 +225,18 @@ def write_ebsd(sim, out, *, overwrite: bool = False, clean_patterns: bool = Fals
 
 def write_sped(sim, out, *, overwrite: bool = False, step_size: float = 2.0, command: str | None = None,
                progress: bool = True):
-    """Write a :class:`~operators.simulate.sped.SPEDSimulation` as a scan cube with its truth.
+    """Write a :class:`~diffraflow.operators.simulate.sped.SPEDSimulation` as a scan cube with its truth.
 
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from operators.simulate.sped import simulate_sped
+    >>> from diffraflow.operators.simulate.sped import simulate_sped
     >>> path = write_sped(simulate_sped((2, 3), det_shape=(16, 16)), pathlib.Path(tempfile.mkdtemp()) / "s.zarr",
     ...                   progress=False)
     >>> path.suffix
     '.zarr'
     """
-    from flow.store import create_cube
+    from diffraflow.flow.store import create_cube
 
     _check_step(step_size)
     attrs: dict[str, Any] = {
@@ -245,7 +245,7 @@ def write_sped(sim, out, *, overwrite: bool = False, step_size: float = 2.0, com
                      "calibration": sim.calibration},
         "beam_energy_kv": 200.0,
         "step_size": {"y": float(step_size), "x": float(step_size), "unit": "nm"},
-        "provenance": {"source_format": "simulated", "reader": "operators.simulate.sped", "command": command},
+        "provenance": {"source_format": "simulated", "reader": "diffraflow.operators.simulate.sped", "command": command},
         "original_metadata": {"simulation": {**sim.parameters, "step_size_nm": float(step_size)}},
     }
     with create_cube(out, scan_shape=sim.scan_shape, det_shape=sim.det_shape, dtype=sim.dtype, attrs=attrs,
@@ -280,8 +280,8 @@ def _summary(path, sim, modality: str, truth: list[str]) -> str:
 
 def run_ebsd(args) -> int:
     """Run ``diffraflow simulate ebsd``."""
-    from flow.store import prepare_output_path
-    from operators.simulate.ebsd import DEFAULT_PC, simulate_ebsd
+    from diffraflow.flow.store import prepare_output_path
+    from diffraflow.operators.simulate.ebsd import DEFAULT_PC, simulate_ebsd
 
     prepare_output_path(args.out, args.overwrite, kind="scan_cube")  # fail on an existing OUT before any work
     try:
@@ -304,8 +304,8 @@ def run_ebsd(args) -> int:
 
 def run_sped(args) -> int:
     """Run ``diffraflow simulate sped``."""
-    from flow.store import prepare_output_path
-    from operators.simulate.sped import simulate_sped
+    from diffraflow.flow.store import prepare_output_path
+    from diffraflow.operators.simulate.sped import simulate_sped
 
     prepare_output_path(args.out, args.overwrite, kind="scan_cube")
     try:

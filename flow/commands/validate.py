@@ -22,8 +22,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import sys
 
-    from flow.inspect_store import validate_store
-    from flow.store import check_manifest, verify_checksums
+    from diffraflow.flow.inspect_store import validate_store
+    from diffraflow.flow.store import check_manifest, verify_checksums
 
     report = validate_store(args.store)
     manifest = check_manifest(args.store)

@@ -10,10 +10,10 @@ Examples
 
 from __future__ import annotations
 
-from flow.executors.base import ChunkResult, Executor, RunShared, run_chunk
-from flow.executors.inline import InlineExecutor
-from flow.executors.threads import ThreadExecutor
-from schemas.errors import PipelineError
+from diffraflow.flow.executors.base import ChunkResult, Executor, RunShared, run_chunk
+from diffraflow.flow.executors.inline import InlineExecutor
+from diffraflow.flow.executors.threads import ThreadExecutor
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["Executor", "InlineExecutor", "ThreadExecutor", "RunShared", "ChunkResult", "run_chunk",
            "get_executor", "SCHEDULERS"]
@@ -44,7 +44,7 @@ def get_executor(scheduler: str | Executor = "threads", workers: int | None = No
     >>> get_executor("threads", workers=0)
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: --workers: must be a positive number of workers, got 0 (fix: pass --workers 1 or more, or leave it out for the default)
+    diffraflow.schemas.errors.PipelineError: --workers: must be a positive number of workers, got 0 (fix: pass --workers 1 or more, or leave it out for the default)
     """
     if isinstance(scheduler, Executor):
         return scheduler
@@ -55,7 +55,7 @@ def get_executor(scheduler: str | Executor = "threads", workers: int | None = No
         return InlineExecutor()
     if scheduler == "threads":
         return ThreadExecutor(workers)
-    from flow.executors.distributed import DistributedExecutor
+    from diffraflow.flow.executors.distributed import DistributedExecutor
 
     if scheduler == "local":
         return DistributedExecutor(n_workers=workers)

@@ -17,9 +17,9 @@ bounded window of submitted tasks and refills it as tasks finish.
 Examples
 --------
 >>> import numpy as np
->>> from flow.sources import ArraySource
->>> from flow.pipeline import Pipeline
->>> from operators.base import Operator, OutputSpec
+>>> from diffraflow.flow.sources import ArraySource
+>>> from diffraflow.flow.pipeline import Pipeline
+>>> from diffraflow.operators.base import Operator, OutputSpec
 >>> from dataclasses import dataclass
 >>> @dataclass(frozen=True)
 ... class Peak(Operator):
@@ -28,7 +28,7 @@ Examples
 ...         return {"peak": OutputSpec("nav", "uint8")}
 ...     def process(self, frames, ctx):
 ...         return {"peak": frames.reshape(len(frames), -1).max(axis=1)}
->>> from flow.schedule import Schedule
+>>> from diffraflow.flow.schedule import Schedule
 >>> src = ArraySource(np.arange(32, dtype="uint8").reshape(2, 2, 2, 4))
 >>> plan = Pipeline([Peak()]).resolve(src.spec)
 >>> shared = RunShared(plan, src, {}, Schedule(plan).next_round())
@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext
-from schemas.errors import PipelineError
+from diffraflow.operators.base import ChunkContext
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["RunShared", "ChunkResult", "run_chunk", "run_finalize", "Executor", "to_numpy", "clear_constants"]
 
@@ -60,13 +59,13 @@ class RunShared:
     Attributes
     ----------
     plan
-        The :class:`~flow.pipeline.ResolvedPipeline`.
+        The :class:`~diffraflow.flow.pipeline.ResolvedPipeline`.
     source
-        A :class:`~flow.sources.ChunkSource` (a path and a grid; no data).
+        A :class:`~diffraflow.flow.sources.ChunkSource` (a path and a grid; no data).
     states
         Per step name, what ``finalize`` returned after the step's previous pass.
     round
-        The :class:`~flow.schedule.RoundPlan`: which steps compute, provide or load frames.
+        The :class:`~diffraflow.flow.schedule.RoundPlan`: which steps compute, provide or load frames.
     store
         Path of the result store when outputs are written by workers, else None.
     worker_keys
@@ -165,7 +164,7 @@ def to_numpy(value: Any) -> Any:
 
 def _to_backend(frames: Any, backend: str) -> Any:
     """``frames`` as the array type of ``backend`` (no copy when they already are)."""
-    from schemas.backends import get_backend
+    from diffraflow.schemas.backends import get_backend
 
     target = get_backend(backend)
     if target.library == "numpy":
@@ -221,7 +220,7 @@ def run_chunk(shared: RunShared, region, round_: int) -> ChunkResult:
     PipelineError
         An operator returned a missing or mis-shaped per-frame output.
     """
-    from flow.results import read_result_region, write_result_region
+    from diffraflow.flow.results import read_result_region, write_result_region
 
     t0 = time.perf_counter()
     plan = shared.plan
@@ -291,9 +290,9 @@ def run_finalize(plan: Any, step_name: str, partials: dict[str, Any], pass_index
 class Executor(ABC):
     """Runs tasks; the engine keeps at most ``window`` of them submitted at once.
 
-    Subclasses: :class:`~flow.executors.inline.InlineExecutor`,
-    :class:`~flow.executors.threads.ThreadExecutor`,
-    :class:`~flow.executors.distributed.DistributedExecutor`.
+    Subclasses: :class:`~diffraflow.flow.executors.inline.InlineExecutor`,
+    :class:`~diffraflow.flow.executors.threads.ThreadExecutor`,
+    :class:`~diffraflow.flow.executors.distributed.DistributedExecutor`.
     """
 
     name: str = "executor"

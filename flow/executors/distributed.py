@@ -11,7 +11,7 @@ Tasks go through ``client.submit``; :meth:`DistributedExecutor.next_done`
 waits on them a few seconds at a time and, between waits, checks that the
 cluster still has workers: tasks of a cluster whose every worker died would
 otherwise wait for ever, so after ``lost_workers_timeout`` seconds without a
-worker the run stops with one line (:class:`~schemas.errors.WorkersLostError`).
+worker the run stops with one line (:class:`~diffraflow.schemas.errors.WorkersLostError`).
 The engine keeps a bounded window of tasks in flight. The run's shared data (plan,
 source, states) is scattered once per round to every worker. Tasks whose
 worker dies are rescheduled by the scheduler (``allowed-failures``) and, if
@@ -30,8 +30,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flow.executors.base import Executor
-from schemas.errors import BackendUnavailableError, SchedulerUnreachableError, WorkersLostError
+from diffraflow.flow.executors.base import Executor
+from diffraflow.schemas.errors import (
+    BackendUnavailableError,
+    SchedulerUnreachableError,
+    WorkersLostError,
+)
 
 __all__ = ["DistributedExecutor"]
 
@@ -51,7 +55,7 @@ class DistributedExecutor(Executor):
         An existing ``distributed.Client`` to use (not closed by :meth:`close`).
     connect_timeout
         Seconds a scheduler address has to answer before a one-line
-        :class:`~schemas.errors.SchedulerUnreachableError`.
+        :class:`~diffraflow.schemas.errors.SchedulerUnreachableError`.
     lost_workers_timeout
         Seconds a cluster may have no worker at all before the run stops.
     """

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from flow.executors.base import Executor
+from diffraflow.flow.executors.base import Executor
 
 __all__ = ["InlineExecutor"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from flow.executors.base import Executor
+from diffraflow.flow.executors.base import Executor
 
 __all__ = ["ThreadExecutor"]
 

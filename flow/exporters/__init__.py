@@ -3,10 +3,10 @@
 =========  ==============================================  ============================
 extension  format                                          writer
 =========  ==============================================  ============================
-``.ang``   EDAX/TSL OIM text                               :func:`~flow.exporters.ang.write_ang`
-``.ctf``   Oxford Channel 5 / AZtec text                   :func:`~flow.exporters.ctf.write_ctf`
-``.h5``    orix HDF5 (``orix.io.save``), also ``.hdf5``    :func:`~flow.exporters.orix_h5.write_orix_h5`
-``.png``   IPF, confidence, fit and phase pictures         :func:`flow.plots_crystal.write_crystal_map_pngs`
+``.ang``   EDAX/TSL OIM text                               :func:`~diffraflow.flow.exporters.ang.write_ang`
+``.ctf``   Oxford Channel 5 / AZtec text                   :func:`~diffraflow.flow.exporters.ctf.write_ctf`
+``.h5``    orix HDF5 (``orix.io.save``), also ``.hdf5``    :func:`~diffraflow.flow.exporters.orix_h5.write_orix_h5`
+``.png``   IPF, confidence, fit and phase pictures         :func:`diffraflow.flow.plots_crystal.write_crystal_map_pngs`
 =========  ==============================================  ============================
 
 Every writer takes ``(xmap, path, overwrite=False, metadata=None)``: an orix
@@ -20,7 +20,7 @@ Examples
 >>> exporter_for("map.txt")
 Traceback (most recent call last):
 ...
-schemas.errors.UnknownFormatError: map.txt: unknown export format '.txt' (fix: use an output ending in .ang, .ctf, .h5, .hdf5 or .png)
+diffraflow.schemas.errors.UnknownFormatError: map.txt: unknown export format '.txt' (fix: use an output ending in .ang, .ctf, .h5, .hdf5 or .png)
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import UnknownFormatError
+from diffraflow.schemas.errors import UnknownFormatError
 
 __all__ = ["EXPORTERS", "exporter_for", "export_crystal_map"]
 
 #: Extension -> "module:function" of the writer (imported on use).
 EXPORTERS: dict[str, str] = {
-    ".ang": "flow.exporters.ang:write_ang",
-    ".ctf": "flow.exporters.ctf:write_ctf",
-    ".h5": "flow.exporters.orix_h5:write_orix_h5",
-    ".hdf5": "flow.exporters.orix_h5:write_orix_h5",
-    ".png": "flow.plots_crystal:write_crystal_map_pngs",
+    ".ang": "diffraflow.flow.exporters.ang:write_ang",
+    ".ctf": "diffraflow.flow.exporters.ctf:write_ctf",
+    ".h5": "diffraflow.flow.exporters.orix_h5:write_orix_h5",
+    ".hdf5": "diffraflow.flow.exporters.orix_h5:write_orix_h5",
+    ".png": "diffraflow.flow.plots_crystal:write_crystal_map_pngs",
 }
 
 
@@ -75,7 +75,7 @@ def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
     Parameters
     ----------
     xmap
-        Crystal map, e.g. from :func:`flow.crystal_map.read_crystal_map`.
+        Crystal map, e.g. from :func:`diffraflow.flow.crystal_map.read_crystal_map`.
     path
         ``.ang``, ``.ctf``, ``.h5``/``.hdf5`` or ``.png`` (which writes
         ``OUT_ipf.png``, ``OUT_confidence.png``, ``OUT_fit.png``, ``OUT_phase.png``).
@@ -87,7 +87,7 @@ def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
         Sample direction of the IPF picture (``.png`` only).
     min_confidence
         Confidence threshold (``None``: every solution counts; the command line
-        uses :data:`flow.crystal_map.MIN_CONFIDENCE`).
+        uses :data:`diffraflow.flow.crystal_map.MIN_CONFIDENCE`).
 
     Examples
     --------
@@ -101,7 +101,7 @@ def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
     >>> [line.split()[6:8] for line in out.read_text().splitlines() if not line.startswith("#")]
     [['0.5000', '1'], ['-1.0000', '0']]
     """
-    from flow.crystal_map import apply_min_confidence
+    from diffraflow.flow.crystal_map import apply_min_confidence
 
     writer = exporter_for(path)
     if Path(path).suffix.lower() == ".png":

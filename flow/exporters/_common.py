@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import DestinationNotWritableError, OutputExistsError
+from diffraflow.schemas.errors import DestinationNotWritableError, OutputExistsError
 
 __all__ = ["MapTable", "map_table", "check_output", "atomic_write", "lattice_angstrom", "pc_in_convention"]
 
@@ -46,9 +45,8 @@ def map_table(xmap) -> MapTable:
     >>> t.shape, t.phase_index.tolist()
     ((1, 3), [1, 1, 1])
     """
+    from diffraflow.flow.crystal_map import crystal_map_grid
     from orix.quaternion import Rotation
-
-    from flow.crystal_map import crystal_map_grid
 
     grid = crystal_map_grid(xmap)
     ny, nx = grid["phase_id"].shape
@@ -87,7 +85,7 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     >>> check_output("/nonexistent-dir/x.ang", False)
     Traceback (most recent call last):
     ...
-    schemas.errors.DestinationNotWritableError: /nonexistent-dir/x.ang: directory /nonexistent-dir does not exist (fix: create the directory first or choose another output path)
+    diffraflow.schemas.errors.DestinationNotWritableError: /nonexistent-dir/x.ang: directory /nonexistent-dir does not exist (fix: create the directory first or choose another output path)
     """
     final = Path(path).expanduser().absolute()
     if final.exists() and not overwrite:
@@ -133,7 +131,7 @@ def lattice_angstrom(phase) -> tuple[float, float, float, float, float, float]:
 
     Examples
     --------
-    >>> from operators.crystallography import get_phase
+    >>> from diffraflow.operators.crystallography import get_phase
     >>> lattice_angstrom(get_phase("ni"))[0]
     3.5236
     """

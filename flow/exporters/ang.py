@@ -36,8 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.exporters._common import atomic_write, lattice_angstrom, map_table, pc_in_convention
+from diffraflow.flow.exporters._common import (
+    atomic_write,
+    lattice_angstrom,
+    map_table,
+    pc_in_convention,
+)
 
 __all__ = ["write_ang", "oim_symmetry_code"]
 
@@ -53,7 +57,7 @@ def oim_symmetry_code(phase) -> str:
 
     Examples
     --------
-    >>> from operators.crystallography import get_phase
+    >>> from diffraflow.operators.crystallography import get_phase
     >>> oim_symmetry_code(get_phase("ni"))
     '43'
     """
@@ -118,13 +122,13 @@ def write_ang(xmap, path: str | os.PathLike, overwrite: bool = False,
     Parameters
     ----------
     xmap
-        1-D or 2-D crystal map (e.g. from :func:`flow.crystal_map.read_crystal_map`).
+        1-D or 2-D crystal map (e.g. from :func:`diffraflow.flow.crystal_map.read_crystal_map`).
     path
         Output file; written under a temporary name and renamed.
     overwrite
         Replace an existing file.
     metadata
-        The scan's :class:`~schemas.cube.ScanAttrs` as a dict; its projection
+        The scan's :class:`~diffraflow.schemas.cube.ScanAttrs` as a dict; its projection
         centre goes into ``x-star``/``y-star``/``z-star`` (EDAX convention).
 
     Returns

@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.exporters._common import atomic_write, lattice_angstrom, map_table
+from diffraflow.flow.exporters._common import atomic_write, lattice_angstrom, map_table
 
 __all__ = ["write_ctf", "laue_group_code"]
 
@@ -52,7 +51,7 @@ def laue_group_code(phase) -> int:
 
     Examples
     --------
-    >>> from operators.crystallography import get_phase
+    >>> from diffraflow.operators.crystallography import get_phase
     >>> laue_group_code(get_phase("si"))
     11
     """
@@ -122,7 +121,7 @@ def write_ctf(xmap, path: str | os.PathLike, overwrite: bool = False,
     overwrite
         Replace an existing file.
     metadata
-        The scan's :class:`~schemas.cube.ScanAttrs` as a dict (beam energy and
+        The scan's :class:`~diffraflow.schemas.cube.ScanAttrs` as a dict (beam energy and
         sample tilt go into the header).
 
     Returns

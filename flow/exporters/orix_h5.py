@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flow.exporters._common import atomic_write
+from diffraflow.flow.exporters._common import atomic_write
 
 __all__ = ["write_orix_h5"]
 

@@ -1,6 +1,6 @@
 """Input readers, one module per format, and format detection.
 
-:data:`READERS` maps a format name to its :class:`~flow.readers.base.Reader`
+:data:`READERS` maps a format name to its :class:`~diffraflow.flow.readers.base.Reader`
 class. :func:`detect_format` picks one from the file extension *and* the
 first bytes (magic numbers), so that a renamed file is still recognised and
 a garbled one is refused before any data moves; :func:`open_reader` returns
@@ -30,7 +30,7 @@ Examples
 >>> detect_format(["/no/such/file.up1"])
 Traceback (most recent call last):
 ...
-schemas.errors.InputFileError: /no/such/file.up1: no such file (fix: check the path)
+diffraflow.schemas.errors.InputFileError: /no/such/file.up1: no such file (fix: check the path)
 """
 
 from __future__ import annotations
@@ -40,19 +40,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flow.readers.base import Probe, Reader, Variable
-from flow.readers.blockfile import BlockfileReader
-from flow.readers.edax_binary import EDAXBinaryReader
-from flow.readers.h5ebsd import H5EBSDReader
-from flow.readers.hdf5 import is_hdf5, open_h5
-from flow.readers.hspy import HspyReader, is_hspy_file
-from flow.readers.images import ImageStackReader, TiffReader
-from flow.readers.merlin import MerlinReader
-from flow.readers.nordif import NordifReader
-from flow.readers.numpy_file import NpyReader
-from flow.readers.oxford_binary import OxfordBinaryReader
-from flow.readers.rawio import read_head
-from schemas.errors import InputFileError, TruncatedFileError, UnknownFormatError
+from diffraflow.flow.readers.base import Probe, Reader, Variable
+from diffraflow.flow.readers.blockfile import BlockfileReader
+from diffraflow.flow.readers.edax_binary import EDAXBinaryReader
+from diffraflow.flow.readers.h5ebsd import H5EBSDReader
+from diffraflow.flow.readers.hdf5 import is_hdf5, open_h5
+from diffraflow.flow.readers.hspy import HspyReader, is_hspy_file
+from diffraflow.flow.readers.images import ImageStackReader, TiffReader
+from diffraflow.flow.readers.merlin import MerlinReader
+from diffraflow.flow.readers.nordif import NordifReader
+from diffraflow.flow.readers.numpy_file import NpyReader
+from diffraflow.flow.readers.oxford_binary import OxfordBinaryReader
+from diffraflow.flow.readers.rawio import read_head
+from diffraflow.schemas.errors import InputFileError, TruncatedFileError, UnknownFormatError
 
 __all__ = ["READERS", "Probe", "Reader", "Variable", "detect_format", "open_reader", "supported_extensions"]
 
@@ -86,7 +86,7 @@ def _hdf5_kind(path: Path) -> type[Reader]:
     with open_h5(path) as f:
         if is_hspy_file(f):
             return HspyReader
-        from flow.readers.h5ebsd import h5ebsd_flavour
+        from diffraflow.flow.readers.h5ebsd import h5ebsd_flavour
 
         man, _ = h5ebsd_flavour(f)
     if man is None:

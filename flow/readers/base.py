@@ -5,7 +5,7 @@ files) and answers two questions:
 
 * :meth:`Reader.probe` — what is in it, *without reading pattern data*:
   scan and detector shape, dtype, the ``scan`` metadata record (a
-  :class:`~schemas.cube.ScanAttrs`-shaped dict) and small per-point
+  :class:`~diffraflow.schemas.cube.ScanAttrs`-shaped dict) and small per-point
   variables (projection centre, crystal map, static background);
 * :meth:`Reader.iter_frames` — the patterns, as batches ``(n, det_y, det_x)``
   in scan order, streamed from disk (memory maps, HDF5 slabs, ``np.fromfile``
@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import numpy as np
-
-from schemas.errors import InputFileError, TruncatedFileError
+from diffraflow.schemas.errors import InputFileError, TruncatedFileError
 
 __all__ = [
     "Variable",
@@ -196,7 +195,7 @@ class Reader(abc.ABC):
         ------
         InputFileError
             The file is not what it claims, or is truncated
-            (:class:`~schemas.errors.TruncatedFileError`).
+            (:class:`~diffraflow.schemas.errors.TruncatedFileError`).
         """
         if self._probe_cache is None:
             probe = self._probe()
@@ -267,7 +266,7 @@ class Reader(abc.ABC):
         >>> R("x.dat").checked_hint("--scan-shape", (0, 3))
         Traceback (most recent call last):
         ...
-        schemas.errors.InputFileError: x.dat: --scan-shape 0 3 must be two positive integers (fix: give ROWS COLS, e.g. --scan-shape 3 3)
+        diffraflow.schemas.errors.InputFileError: x.dat: --scan-shape 0 3 must be two positive integers (fix: give ROWS COLS, e.g. --scan-shape 3 3)
         """
         if value is None:
             return None
@@ -306,7 +305,7 @@ def check_file_size(path: Path, expected: int, what: str, exact: bool = False) -
     >>> check_file_size(p, 10, "3 frames")
     Traceback (most recent call last):
     ...
-    schemas.errors.TruncatedFileError: ...f.bin: file has 3 bytes but 3 frames need 10 (fix: the file is truncated: re-copy or re-export it)
+    diffraflow.schemas.errors.TruncatedFileError: ...f.bin: file has 3 bytes but 3 frames need 10 (fix: the file is truncated: re-copy or re-export it)
     """
     size = path.stat().st_size
     if size < expected:
@@ -379,7 +378,7 @@ def check_frames_fill_file(path: Path, *, n_frames: int, frame_bytes: int, heade
     ...                        sized_by="--scan-shape")
     Traceback (most recent call last):
     ...
-    schemas.errors.InputFileError: ...Pattern.dat: file holds 12 patterns of 2 x 2 px (48 bytes) but the scan 2 x 2 from --scan-shape needs 4 (16 bytes): 32 bytes would be left out (fix: pass --scan-shape ROWS COLS with ROWS x COLS = 12, e.g. --scan-shape 6 2, 3 4 or 2 6)
+    diffraflow.schemas.errors.InputFileError: ...Pattern.dat: file holds 12 patterns of 2 x 2 px (48 bytes) but the scan 2 x 2 from --scan-shape needs 4 (16 bytes): 32 bytes would be left out (fix: pass --scan-shape ROWS COLS with ROWS x COLS = 12, e.g. --scan-shape 6 2, 3 4 or 2 6)
     """
     size = path.stat().st_size
     expected = header_bytes + n_frames * frame_bytes

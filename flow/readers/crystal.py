@@ -5,7 +5,7 @@ A crystal map is stored next to the patterns as the variables ``rotation``
 crystal), ``phase_id`` ``(scan_y, scan_x)`` and one variable per score
 (``scores``, ``ci``, ``iq``, ``mad``...); their names are listed in
 ``original_metadata["crystal_map_variables"]``. Phases become
-:class:`~schemas.cube.PhaseRecord` dicts whose ``id`` matches ``phase_id``.
+:class:`~diffraflow.schemas.cube.PhaseRecord` dicts whose ``id`` matches ``phase_id``.
 
 Examples
 --------
@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.readers.base import Variable
+from diffraflow.flow.readers.base import Variable
 
 __all__ = [
     "CRYSTAL_MAP_DIMS",
@@ -199,7 +198,7 @@ def phase_record(phase, phase_id: int) -> dict[str, Any] | None:
     >>> phase_record(Phase("ni", space_group=225), 1)["space_group"]
     225
     """
-    from operators.crystallography.phases import phase_to_record
+    from diffraflow.operators.crystallography.phases import phase_to_record
 
     try:
         record = phase_to_record(phase)

@@ -32,12 +32,17 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-
-from flow.readers.base import Probe, Reader, Variable, jsonable
-from flow.readers.crystal import euler_map_variables, xmap_to_variables
-from flow.readers.hdf5 import group_to_dict, is_hdf5, iter_dataset_frames, open_h5, scalar
-from schemas.cube import check_projection_centre
-from schemas.errors import SchemaError
+from diffraflow.flow.readers.base import Probe, Reader, Variable, jsonable
+from diffraflow.flow.readers.crystal import euler_map_variables, xmap_to_variables
+from diffraflow.flow.readers.hdf5 import (
+    group_to_dict,
+    is_hdf5,
+    iter_dataset_frames,
+    open_h5,
+    scalar,
+)
+from diffraflow.schemas.cube import check_projection_centre
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["H5EBSDReader", "h5ebsd_flavour"]
 

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import TruncatedFileError
+from diffraflow.schemas.errors import TruncatedFileError
 
 __all__ = ["HDF5_MAGIC", "is_hdf5", "open_h5", "group_to_dict", "scalar", "iter_dataset_frames"]
 
@@ -46,7 +45,7 @@ def open_h5(path: Path):
     >>> open_h5(Path("/nonexistent.h5"))
     Traceback (most recent call last):
     ...
-    schemas.errors.TruncatedFileError: /nonexistent.h5: cannot open as HDF5 (FileNotFoundError) (fix: check the path; a truncated or garbled HDF5 file cannot be read)
+    diffraflow.schemas.errors.TruncatedFileError: /nonexistent.h5: cannot open as HDF5 (FileNotFoundError) (fix: check the path; a truncated or garbled HDF5 file cannot be read)
     """
     import h5py
 

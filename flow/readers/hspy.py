@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.readers.base import Probe, Reader, jsonable
-from flow.readers.hdf5 import group_to_dict, is_hdf5, iter_dataset_frames, open_h5
-from schemas.cube import normalise_length_unit
+from diffraflow.flow.readers.base import Probe, Reader, jsonable
+from diffraflow.flow.readers.hdf5 import group_to_dict, is_hdf5, iter_dataset_frames, open_h5
+from diffraflow.schemas.cube import normalise_length_unit
 
 __all__ = ["HspyReader", "modality_from_metadata", "is_hspy_file"]
 

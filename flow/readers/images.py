@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.readers.base import Probe, Reader, batched
-from schemas.errors import InputFileError, TruncatedFileError
+from diffraflow.flow.readers.base import Probe, Reader, batched
+from diffraflow.schemas.errors import InputFileError, TruncatedFileError
 
 __all__ = ["ImageStackReader", "TiffReader", "natural_key", "IMAGE_EXTENSIONS", "expand_image_sources"]
 

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.readers.base import Probe, Reader, batched, fitting_scan_shapes, jsonable
-from flow.readers.rawio import read_head, read_records
+from diffraflow.flow.readers.base import Probe, Reader, batched, fitting_scan_shapes, jsonable
+from diffraflow.flow.readers.rawio import read_head, read_records
 
 __all__ = ["MerlinReader", "parse_hdr"]
 

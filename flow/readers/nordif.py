@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-
-from flow.readers.base import Probe, Reader, Variable, batched, check_frames_fill_file
-from flow.readers.rawio import read_records
-from schemas.cube import normalise_length_unit
+from diffraflow.flow.readers.base import Probe, Reader, Variable, batched, check_frames_fill_file
+from diffraflow.flow.readers.rawio import read_records
+from diffraflow.schemas.cube import normalise_length_unit
 
 __all__ = ["NordifReader", "parse_settings"]
 

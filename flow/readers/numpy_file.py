@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-
-from flow.readers.base import Probe, Reader, batched, check_file_size
-from flow.readers.rawio import read_records
+from diffraflow.flow.readers.base import Probe, Reader, batched, check_file_size
+from diffraflow.flow.readers.rawio import read_records
 
 __all__ = ["NpyReader"]
 

@@ -26,9 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
-from flow.readers.base import Probe, Reader, batched
-from flow.readers.rawio import read_head, read_records
+from diffraflow.flow.readers.base import Probe, Reader, batched
+from diffraflow.flow.readers.rawio import read_head, read_records
 
 __all__ = ["OxfordBinaryReader"]
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from schemas.errors import TruncatedFileError
+from diffraflow.schemas.errors import TruncatedFileError
 
 __all__ = ["read_records", "read_head"]
 

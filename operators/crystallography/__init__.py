@@ -1,6 +1,6 @@
 """Crystal structures: the built-in phase library, CIF loading, reflector families."""
 
-from operators.crystallography.phases import (
+from diffraflow.operators.crystallography.phases import (
     PHASE_LIBRARY,
     PhaseDefinition,
     get_phase,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = [
     "PHASE_LIBRARY",

@@ -6,15 +6,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, param, register_operator
-from operators.decomposition._pca import (
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    param,
+    register_operator,
+)
+from diffraflow.operators.decomposition._pca import (
     components_from_gram,
     components_from_sketch,
     merge_sketches,
     svd_sketch,
 )
-from schemas.errors import PipelineError
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["IncrementalPCA"]
 
@@ -60,7 +66,7 @@ class IncrementalPCA(Operator):
     -----
     Pass 0 reduces the mean frame as float64 ``(sum, count)``. Pass 1 reduces
     a mergeable summary of the centred frames :math:`X_c = X - \\bar x` (Gram
-    matrix or SVD sketch, see :mod:`operators.decomposition._pca`) and the
+    matrix or SVD sketch, see :mod:`diffraflow.operators.decomposition._pca`) and the
     total sum of squares; its ``finalize`` takes the top ``k`` right singular
     vectors. Pass 2 projects each frame on them (``loadings``) and its
     ``finalize`` returns the scan-wide outputs. Components follow
@@ -70,7 +76,7 @@ class IncrementalPCA(Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> x = np.random.default_rng(0).normal(size=(6, 2, 2))
     >>> spec = InputSpec((2, 3), (2, 2), x.dtype)
     >>> op, state = IncrementalPCA(n_components=2), None

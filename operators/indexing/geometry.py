@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["detector_to_sample_matrix", "pc_array", "band_normals", "normal_to_line"]
 

@@ -1,4 +1,4 @@
-"""CuPy path for the image stages of :class:`~operators.indexing.HoughIndexer`.
+"""CuPy path for the image stages of :class:`~diffraflow.operators.indexing.HoughIndexer`.
 
 What runs on the GPU: pattern preparation (static/dynamic background,
 standardisation), the Radon transform as one sparse-matrix product with the
@@ -8,7 +8,7 @@ butterfly filter (two ``correlate1d`` passes, the periodic ``theta`` axis
 padded with ``rho``-mirrored rows exactly as the CPU kernel wraps it).
 
 What stays on the CPU: peak search, sub-bin refinement, band normals, voting
-and phase choice (:func:`operators.indexing.kernel.index_filtered_cpu`), fed
+and phase choice (:func:`diffraflow.operators.indexing.kernel.index_filtered_cpu`), fed
 with the filtered transform copied back in the CPU kernel's own
 ``(n_theta, n_rho, n)`` layout. Those stages are branchy, small and already
 fast in numba; sharing their code keeps the two paths identical by
@@ -78,7 +78,7 @@ def radon_matrix_host(plan):
 
     Examples
     --------
-    >>> from operators.indexing.radon import make_radon_plan
+    >>> from diffraflow.operators.indexing.radon import make_radon_plan
     >>> m = radon_matrix_host(make_radon_plan((20, 20)))
     >>> m.shape[1] == make_radon_plan((20, 20)).mask_index.size
     True
@@ -106,7 +106,7 @@ def build_state(indexer, xp=None, ndimage=None, sparse=None) -> GPUState:
     Parameters
     ----------
     indexer
-        :class:`~operators.indexing.HoughIndexer`.
+        :class:`~diffraflow.operators.indexing.HoughIndexer`.
     xp, ndimage, sparse
         Array module and its ndimage / sparse modules; default CuPy's.
 
@@ -180,7 +180,7 @@ def image_stages(pats, st: GPUState):
 
 def index_filtered(indexer, filt_host: np.ndarray, pcs: np.ndarray) -> dict[str, np.ndarray]:
     """Peaks to orientations (numba, CPU) from a host ``(n_theta, n_rho, n)`` transform."""
-    from operators.indexing.kernel import index_filtered_cpu
+    from diffraflow.operators.indexing.kernel import index_filtered_cpu
 
     out = indexer._empty_outputs(filt_host.shape[2])
     if filt_host.shape[2]:
@@ -194,7 +194,7 @@ def index_chunk_cuda(indexer, pats: np.ndarray, pcs: np.ndarray) -> dict[str, np
     Parameters
     ----------
     indexer
-        :class:`~operators.indexing.HoughIndexer` with ``backend="cuda"``.
+        :class:`~diffraflow.operators.indexing.HoughIndexer` with ``backend="cuda"``.
     pats
         ``(n, rows * cols)`` host array.
     pcs

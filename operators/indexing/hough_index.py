@@ -1,10 +1,10 @@
 """``hough_index``: Hough/Radon EBSD indexing as a pipeline operator.
 
-The operator wraps :class:`operators.indexing.HoughIndexer`: the indexer (its
+The operator wraps :class:`diffraflow.operators.indexing.HoughIndexer`: the indexer (its
 Radon look-up table, butterfly kernels and reflector tables) is built once
 per worker in :meth:`HoughIndex.setup`, and each chunk of frames is indexed by
-:meth:`~operators.indexing.HoughIndexer.index_chunk`. The outputs form a
-``crystal_map`` product (see :mod:`schemas.results`), which
+:meth:`~diffraflow.operators.indexing.HoughIndexer.index_chunk`. The outputs form a
+``crystal_map`` product (see :mod:`diffraflow.schemas.results`), which
 ``diffraflow export RESULT.zarr OUT.ang`` and the PNG pictures read.
 
 The projection centre comes from the cube's metadata (the per-point ``pc``
@@ -13,7 +13,7 @@ cube's ``static_background`` variable is subtracted when present.
 
 Examples
 --------
->>> from operators.base import InputSpec
+>>> from diffraflow.operators.base import InputSpec
 >>> import numpy as np
 >>> attrs = {"modality": "ebsd", "detector": {"shape": [60, 60], "pc": [0.42, 0.22, 0.5],
 ...          "pc_convention": "bruker", "sample_tilt": 70, "camera_tilt": 0},
@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import (
+from diffraflow.operators.base import (
     ChunkContext,
     InputSpec,
     Operator,
@@ -43,7 +42,7 @@ from operators.base import (
     param,
     register_operator,
 )
-from schemas.errors import PipelineError
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["HoughIndex"]
 
@@ -101,9 +100,8 @@ class HoughIndex(Operator):
         return dataclasses.replace(self, **updates) if updates else self
 
     def _phase_list(self, spec: InputSpec):
+        from diffraflow.operators.crystallography.phases import get_phase, phase_from_record
         from orix.crystal_map import PhaseList
-
-        from operators.crystallography.phases import get_phase, phase_from_record
 
         if self.phases:
             phases = [get_phase(name) for name in self.phases]
@@ -168,7 +166,7 @@ class HoughIndex(Operator):
         >>> rec["phases"][0]["name"], rec["scan"]["beam_energy_kv"], rec["projection_centre"]["value"]
         ('ni', 20, [0.42, 0.22, 0.5])
         """
-        from operators.crystallography.phases import phase_to_record
+        from diffraflow.operators.crystallography.phases import phase_to_record
 
         phase_list = self._phase_list(spec)
         pc, convention = self._pc_and_convention(spec)
@@ -186,25 +184,28 @@ class HoughIndex(Operator):
     def warm_up(self, spec: InputSpec, backend: str, notify: Callable[[str], None]) -> None:
         """Compile the numba kernels on a tiny indexer before the run is timed.
 
-        ``notify`` hears :data:`~operators.indexing.indexer.COMPILE_MESSAGE`
+        ``notify`` hears :data:`~diffraflow.operators.indexing.indexer.COMPILE_MESSAGE`
         first, and only when numba's on-disk cache lacks the kernels for
         frames of ``spec.dtype`` on this backend (see
-        :meth:`~operators.indexing.HoughIndexer.kernels_cached`).
+        :meth:`~diffraflow.operators.indexing.HoughIndexer.kernels_cached`).
 
         Examples
         --------
-        >>> HoughIndex().warm_up(InputSpec((1, 1), (60, 60), np.dtype("uint8")), "numpy", print)
+        >>> from diffraflow.operators.indexing.indexer import COMPILE_MESSAGE
+        >>> heard = []
+        >>> HoughIndex().warm_up(InputSpec((1, 1), (60, 60), np.dtype("uint8")), "numpy", heard.append)
+        >>> heard in ([], [COMPILE_MESSAGE])  # the message only when the kernels were not cached yet
+        True
         """
-        from operators.indexing.indexer import warm_up_kernels
+        from diffraflow.operators.indexing.indexer import warm_up_kernels
 
         warm_up_kernels(spec.dtype, _indexer_backend(backend), notify)
 
     # -- per worker and per chunk --------------------------------------------------
     def setup(self, spec: InputSpec, backend: str = "numpy") -> dict[str, Any]:
+        from diffraflow.operators.indexing.indexer import HoughIndexer
+        from diffraflow.schemas.cube import ebsd_geometry
         from kikuchipy.detectors import EBSDDetector
-
-        from operators.indexing.indexer import HoughIndexer
-        from schemas.cube import ebsd_geometry
 
         detector_attrs = (spec.attrs or {}).get("detector", {})
         pc, convention = self._pc_and_convention(spec)

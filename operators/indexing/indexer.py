@@ -9,7 +9,7 @@ detector-to-sample rotation) and exposes two entry points:
 * :meth:`HoughIndexer.index`: a whole scan in, an orix ``CrystalMap`` out.
 
 The maths lives in the numba kernels of the sibling modules; the CuPy path of
-the image stages is in :mod:`operators.indexing.gpu`.
+the image stages is in :mod:`diffraflow.operators.indexing.gpu`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
-from operators.indexing.bands import butterfly_kernels
-from operators.indexing.geometry import detector_to_sample_matrix, pc_array
-from operators.indexing.radon import RadonPlan, make_radon_plan
-from operators.indexing.reflectors import ReflectorTable, build_reflector_table
-from schemas.errors import BackendUnavailableError, SchemaError
+from diffraflow.operators.indexing.bands import butterfly_kernels
+from diffraflow.operators.indexing.geometry import detector_to_sample_matrix, pc_array
+from diffraflow.operators.indexing.radon import RadonPlan, make_radon_plan
+from diffraflow.operators.indexing.reflectors import ReflectorTable, build_reflector_table
+from diffraflow.schemas.errors import BackendUnavailableError, SchemaError
 
 __all__ = ["HoughIndexer", "COMPILE_MESSAGE", "warm_up_kernels"]
 
@@ -125,7 +124,7 @@ class HoughIndexer:
         Distinct best-voted hypotheses re-ranked by their Radon evidence (all
         bands they predict, detected or not); 1 keeps the plain vote winner.
     refine_iter
-        Rounds of guided refinement (:mod:`operators.indexing.refine`): every
+        Rounds of guided refinement (:mod:`diffraflow.operators.indexing.refine`): every
         band the orientation predicts is re-measured near its predicted
         position and all are refitted; 0 switches it off.
     refine_min
@@ -151,7 +150,7 @@ class HoughIndexer:
     --------
     >>> import numpy as np
     >>> from kikuchipy.detectors import EBSDDetector
-    >>> from operators.crystallography import get_phase
+    >>> from diffraflow.operators.crystallography import get_phase
     >>> det = EBSDDetector((60, 60), pc=(0.42, 0.22, 0.50), sample_tilt=70)
     >>> indexer = HoughIndexer([get_phase("ni")], det)
     >>> out = indexer.index_chunk(np.zeros((2, 60, 60), dtype=np.float32))
@@ -295,7 +294,7 @@ class HoughIndexer:
         )
         self._sym = np.ascontiguousarray(np.concatenate([x.symmetry for x in t]))
         # Per-phase cube-map match tables, padded to a common depth.
-        from operators.indexing.voting import build_match_lut
+        from diffraflow.operators.indexing.voting import build_match_lut
 
         luts = [build_match_lut(x.normals, self.match_tol) for x in t]
         depth = max(lt.shape[3] for lt in luts)
@@ -314,7 +313,7 @@ class HoughIndexer:
     def _resolve_backend(backend: str) -> str:
         if backend == "cpu":
             return "cpu"
-        from operators.indexing import gpu
+        from diffraflow.operators.indexing import gpu
 
         ok = gpu.cuda_available()
         if backend == "cuda" and not ok:
@@ -378,14 +377,14 @@ class HoughIndexer:
             ``fit`` (n,) float32 degrees; ``confidence`` (n,) float32 in [0, 1]
             (the winner's vote margin over the runner-up, in steps of
             ``1 / (n_bands - 2)``; the command line reports points below
-            :data:`flow.crystal_map.MIN_CONFIDENCE` as not indexed);
+            :data:`diffraflow.flow.crystal_map.MIN_CONFIDENCE` as not indexed);
             ``pattern_quality`` (n,) float32; ``n_bands`` (n,) int32.
 
         Examples
         --------
         >>> import numpy as np
         >>> from kikuchipy.detectors import EBSDDetector
-        >>> from operators.crystallography import get_phase
+        >>> from diffraflow.operators.crystallography import get_phase
         >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((40, 50)), backend="cpu")
         >>> sorted(ix.index_chunk(np.ones((1, 40, 50))))
         ['confidence', 'fit', 'n_bands', 'pattern_quality', 'phase_id', 'quaternion']
@@ -397,7 +396,7 @@ class HoughIndexer:
         n = pats.shape[0]
         pcs = self._chunk_pcs(n, pc, nav_indices)
         if self.backend == "cuda":
-            from operators.indexing import gpu
+            from diffraflow.operators.indexing import gpu
 
             out = gpu.index_chunk_cuda(self, pats, pcs)
         else:
@@ -432,7 +431,7 @@ class HoughIndexer:
         )
 
     def _cpu_args(self, pats: np.ndarray, pcs: np.ndarray, out: dict[str, np.ndarray]) -> tuple:
-        """Arguments of :func:`~operators.indexing.kernel.index_patterns_cpu` (also used to ask numba's cache)."""
+        """Arguments of :func:`~diffraflow.operators.indexing.kernel.index_patterns_cpu` (also used to ask numba's cache)."""
         return (
             pats, self.plan.mask_index, self._bg, self._bg_mode, self._dyn_basis, self._dyn_pinv,
             self.plan.lut_bin, self.plan.lut_weight, self.plan.inv_count, self.valid,
@@ -440,11 +439,11 @@ class HoughIndexer:
         )
 
     def _filtered_args(self, filt: np.ndarray, pcs: np.ndarray, out: dict[str, np.ndarray]) -> tuple:
-        """Arguments of :func:`~operators.indexing.kernel.index_filtered_cpu` (the CUDA path's CPU stage)."""
+        """Arguments of :func:`~diffraflow.operators.indexing.kernel.index_filtered_cpu` (the CUDA path's CPU stage)."""
         return (filt, self.valid, self.plan.rho_step, *self._voting_args(pcs), *out.values())
 
     def _index_cpu(self, pats: np.ndarray, pcs: np.ndarray) -> dict[str, np.ndarray]:
-        from operators.indexing.kernel import index_patterns_cpu
+        from diffraflow.operators.indexing.kernel import index_patterns_cpu
 
         if pats.dtype not in _KERNEL_DTYPES:
             pats = pats.astype(np.float32)
@@ -465,12 +464,12 @@ class HoughIndexer:
         --------
         >>> import numpy as np
         >>> from kikuchipy.detectors import EBSDDetector
-        >>> from operators.crystallography import get_phase
+        >>> from diffraflow.operators.crystallography import get_phase
         >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((20, 20)), backend="cpu")
         >>> _ = ix.warm_up("uint8"); ix.kernels_cached("uint8")
         True
         """
-        from operators.indexing.kernel import index_filtered_cpu, index_patterns_cpu
+        from diffraflow.operators.indexing.kernel import index_filtered_cpu, index_patterns_cpu
 
         dtype = np.dtype(dtype)
         pcs = self._chunk_pcs(1, None, np.zeros(1, dtype=np.int64))
@@ -506,7 +505,7 @@ class HoughIndexer:
         --------
         >>> import numpy as np
         >>> from kikuchipy.detectors import EBSDDetector
-        >>> from operators.crystallography import get_phase
+        >>> from diffraflow.operators.crystallography import get_phase
         >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((20, 20)), backend="cpu")
         >>> _ = ix.warm_up("uint8")
         >>> ix.warm_up("uint8", notify=print) is None  # compiled now: nothing said, nothing to do
@@ -539,7 +538,7 @@ class HoughIndexer:
         --------
         >>> import numpy as np
         >>> from kikuchipy.detectors import EBSDDetector
-        >>> from operators.crystallography import get_phase
+        >>> from diffraflow.operators.crystallography import get_phase
         >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((60, 60)), backend="cpu")
         >>> ix.index(np.zeros((2, 3, 60, 60))).shape
         (2, 3)
@@ -598,9 +597,8 @@ def warm_up_kernels(dtype: Any = np.uint8, backend: str = "cpu",
     >>> warm_up_kernels("uint8", "cpu", notify=print) is None
     True
     """
+    from diffraflow.operators.crystallography import get_phase
     from kikuchipy.detectors import EBSDDetector
-
-    from operators.crystallography import get_phase
 
     indexer = HoughIndexer([get_phase("ni")], EBSDDetector((20, 20), pc=(0.5, 0.5, 0.5)), backend=backend)
     return indexer.warm_up(dtype, notify)

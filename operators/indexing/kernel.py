@@ -1,7 +1,7 @@
 """The fused CPU kernel: patterns in, orientations out, one block at a time.
 
 Patterns are taken in blocks of ``B`` (pixel-major, see
-:mod:`operators.indexing.radon`); blocks run in parallel with ``prange``.
+:mod:`diffraflow.operators.indexing.radon`); blocks run in parallel with ``prange``.
 Within a block the stages are: preparation (static background, optional
 dynamic background, mask, standardisation), Radon transform, butterfly
 filter, then per pattern peak search, band normals and voting for every
@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-
-from operators.indexing.bands import butterfly_block, find_peaks_block, sample_radon
-from operators.indexing.geometry import band_normals, normal_to_line
-from operators.indexing.radon import radon_block
-from operators.indexing.refine import guided_refine
-from operators.indexing.voting import band_fit, matrix_to_quaternion, refit, vote_orientation
+from diffraflow.operators.indexing.bands import butterfly_block, find_peaks_block, sample_radon
+from diffraflow.operators.indexing.geometry import band_normals, normal_to_line
+from diffraflow.operators.indexing.radon import radon_block
+from diffraflow.operators.indexing.refine import guided_refine
+from diffraflow.operators.indexing.voting import (
+    band_fit,
+    matrix_to_quaternion,
+    refit,
+    vote_orientation,
+)
 
 __all__ = ["index_patterns_cpu", "index_filtered_cpu", "band_evidence", "BLOCK"]
 
@@ -381,7 +385,7 @@ def index_filtered_cpu(
 ):  # pragma: no cover - numba
     """Peaks-to-orientations on an already filtered transform ``(n_theta, n_rho, n)``.
 
-    Used after the CuPy image stages (:mod:`operators.indexing.gpu`), and by
+    Used after the CuPy image stages (:mod:`diffraflow.operators.indexing.gpu`), and by
     the tests that check those stages with NumPy in place of CuPy.
     """
     n = filt.shape[2]

@@ -6,7 +6,7 @@ the filtered transform is searched in a small window around each prediction
 (so weak bands, too weak to stand out on their own, are found where they
 must be), the local peak is refined to sub-bin precision and converted back
 to a normal. A weighted least-squares fit (Wahba/SVD, as in
-:mod:`operators.indexing.voting`) over all those bands gives the final
+:mod:`diffraflow.operators.indexing.voting`) over all those bands gives the final
 orientation. More bands average more noise away: this is what brings the
 median error at moderate dose down (measured ~25 % lower).
 """
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-
-from operators.indexing.bands import _value, refine_peak
-from operators.indexing.geometry import band_normals, normal_to_line
+from diffraflow.operators.indexing.bands import _value, refine_peak
+from diffraflow.operators.indexing.geometry import band_normals, normal_to_line
 
 __all__ = ["guided_refine"]
 
@@ -37,7 +36,7 @@ def guided_refine(
     ref, ref_w
         Reflector normals (crystal frame) and their family weights.
     pc, nrows, ncols, m_ds
-        Geometry (see :mod:`operators.indexing.geometry`).
+        Geometry (see :mod:`diffraflow.operators.indexing.geometry`).
     rho_step
         Radon bin width in pixels.
     min_height

@@ -12,7 +12,7 @@ a set of plane *normals* (directions, sign-free). This module turns an orix
 * a table of crystal-frame reference pairs ``(h_a, h_b)`` with their acute
   interplanar angle, reduced by the proper Laue group so that no two rows give
   symmetry-equivalent orientations. Each row carries the orthonormal triad
-  used by the TRIAD orientation estimate of :mod:`operators.indexing.voting`.
+  used by the TRIAD orientation estimate of :mod:`diffraflow.operators.indexing.voting`.
 
 Everything here runs once per phase in the indexer's constructor.
 """
@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from operators.crystallography.phases import phase_in_angstrom
-from schemas.errors import SchemaError
+from diffraflow.operators.crystallography.phases import phase_in_angstrom
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["ReflectorTable", "build_reflector_table"]
 
@@ -124,7 +123,7 @@ def build_reflector_table(
 
     Examples
     --------
-    >>> from operators.crystallography import get_phase
+    >>> from diffraflow.operators.crystallography import get_phase
     >>> table = build_reflector_table(get_phase("ni"))
     >>> [tuple(int(i) for i in f) for f in table.families]
     [(1, 1, 1), (2, 0, 0), (2, 2, 0), (3, 1, 1)]

@@ -36,7 +36,7 @@ def kinematical_master_pattern(phase, half_size: int = 200, min_dspacing: float 
     """Kinematical Lambert master pattern of any phase (offline, about a second per phase).
 
     The simulator's computation
-    (:func:`operators.simulate.master_patterns.kinematical_master_pattern_arrays`)
+    (:func:`diffraflow.operators.simulate.master_patterns.kinematical_master_pattern_arrays`)
     with this module's reflector selection: one code path, lattice handed to
     diffsims in Ångström, band kernel on one numba thread so the pattern is
     reproducible. No disk cache.
@@ -59,12 +59,12 @@ def kinematical_master_pattern(phase, half_size: int = 200, min_dspacing: float 
 
     Examples
     --------
-    >>> from operators.crystallography import get_phase
+    >>> from diffraflow.operators.crystallography import get_phase
     >>> mp = kinematical_master_pattern(get_phase("fe"), half_size=10)
     >>> mp.data.shape, mp.phase.name
     ((2, 21, 21), 'fe')
     """
-    from operators.simulate.master_patterns import (
+    from diffraflow.operators.simulate.master_patterns import (
         kinematical_master_pattern_arrays,
         master_pattern_from_arrays,
     )

@@ -2,7 +2,7 @@
 
 For every pair of detected bands :math:`(i, j)` the acute angle between their
 normals is looked up in the phase's interplanar-angle table
-(:mod:`operators.indexing.reflectors`); every reference pair within
+(:mod:`diffraflow.operators.indexing.reflectors`); every reference pair within
 ``pair_tol`` yields an orientation hypothesis by TRIAD (the first normal
 exact, the second in the plane they span). Each other band :math:`k` then
 votes for the hypothesis if, rotated into the crystal frame, it lies within
@@ -256,7 +256,7 @@ def vote_orientation(
     weights
         ``(>= n_bands,)`` weights of the bands in the least-squares fit.
     pair_angle, pair_triad, ref, sym
-        From :class:`~operators.indexing.reflectors.ReflectorTable`.
+        From :class:`~diffraflow.operators.indexing.reflectors.ReflectorTable`.
     pair_tol, match_tol
         Tolerances in radians.
     n_pair_bands

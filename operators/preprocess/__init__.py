@@ -1,7 +1,7 @@
 """Frame preprocessing operators: background correction, normalisation, masking, binning.
 
 Each module holds one ``frames`` operator (a new frame per frame); the pure
-per-frame kernels they share live in :mod:`operators.preprocess._kernels`.
+per-frame kernels they share live in :mod:`diffraflow.operators.preprocess._kernels`.
 
 * ``remove_static_background``: subtract/divide a static background (given,
   the cube's ``static_background`` variable, or the scan mean in a first pass);

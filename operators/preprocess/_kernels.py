@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import PipelineError
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = [
     "detector_centre",
@@ -255,7 +254,7 @@ def load_image_param(value: Any, where: str, what: str, variable: str | None = N
     >>> load_image_param("missing.npy", "op.p", "a background")
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: op.p: file 'missing.npy' does not exist (fix: give the path of a .npy file or a Zarr store holding a background)
+    diffraflow.schemas.errors.PipelineError: op.p: file 'missing.npy' does not exist (fix: give the path of a .npy file or a Zarr store holding a background)
     """
     if not isinstance(value, str | Path):
         return np.asarray(value)

@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, param, register_operator
-from operators.preprocess._kernels import bin_frames, binned_dtype, closest_divisor
-from schemas.errors import PipelineError
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    param,
+    register_operator,
+)
+from diffraflow.operators.preprocess._kernels import bin_frames, binned_dtype, closest_divisor
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["BinFrames"]
 
@@ -34,7 +41,7 @@ class BinFrames(Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 1), (4, 6), np.dtype("uint8"))
     >>> op = BinFrames(factor=2, reduce="mean")
     >>> op.resolve(spec)["patterns"].extra_shape
@@ -44,7 +51,7 @@ class BinFrames(Operator):
     >>> BinFrames(factor=[2, 4]).resolve(spec)
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: bin_frames.factor: binning factor 4 does not divide det_x = 6 (fix: use 3, the closest factor that divides 6)
+    diffraflow.schemas.errors.PipelineError: bin_frames.factor: binning factor 4 does not divide det_x = 6 (fix: use 3, the closest factor that divides 6)
     """
 
     name = "bin_frames"

@@ -6,10 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, param, register_operator
-from operators.preprocess._kernels import circular_mask, freeze_array, load_image_param
-from schemas.errors import PipelineError
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    param,
+    register_operator,
+)
+from diffraflow.operators.preprocess._kernels import circular_mask, freeze_array, load_image_param
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["DetectorMask"]
 
@@ -48,7 +54,7 @@ class DetectorMask(Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 1), (3, 3), np.dtype("uint8"))
     >>> op = DetectorMask(radius=1)
     >>> ctx = ChunkContext(spec, constants=op.setup(spec))

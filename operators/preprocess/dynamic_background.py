@@ -6,10 +6,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, param, register_operator
-from operators.preprocess._kernels import apply_background, gaussian_blur_frames, rescale_frames
-from schemas.errors import PipelineError
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    param,
+    register_operator,
+)
+from diffraflow.operators.preprocess._kernels import (
+    apply_background,
+    gaussian_blur_frames,
+    rescale_frames,
+)
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["RemoveDynamicBackground"]
 
@@ -51,7 +61,7 @@ class RemoveDynamicBackground(Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 1), (8, 8), np.dtype("uint8"))
     >>> op = RemoveDynamicBackground(sigma=2.0)
     >>> out = op.process(np.full((1, 8, 8), 7, "uint8"), ChunkContext(spec))["patterns"]

@@ -6,10 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, param, register_operator
-from operators.preprocess._kernels import circular_mask, normalize_frames
-from schemas.errors import PipelineError
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    param,
+    register_operator,
+)
+from diffraflow.operators.preprocess._kernels import circular_mask, normalize_frames
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["Normalize"]
 
@@ -39,7 +45,7 @@ class Normalize(Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 1), (1, 2), np.dtype("uint8"))
     >>> op = Normalize(method="minmax")
     >>> ctx = ChunkContext(spec, constants=op.setup(spec))

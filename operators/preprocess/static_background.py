@@ -20,15 +20,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, param, register_operator
-from operators.preprocess._kernels import (
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    param,
+    register_operator,
+)
+from diffraflow.operators.preprocess._kernels import (
     apply_background,
     freeze_array,
     load_image_param,
     rescale_frames,
 )
-from schemas.errors import PipelineError
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["RemoveStaticBackground"]
 
@@ -71,7 +77,7 @@ class RemoveStaticBackground(Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> op = RemoveStaticBackground(background=[[1, 1], [1, 2]])
     >>> spec = InputSpec((1, 1), (2, 2), np.dtype("uint8"))
     >>> op.resolve(spec)["patterns"].dtype

@@ -21,7 +21,7 @@ and read noise :math:`r`, clipped to ``uint8`` or ``uint16``. With
 ``dose=None`` the frames are :math:`I` itself (float32, noise-free).
 
 Randomness is keyed by seed and named stream (see
-:func:`operators.simulate.noise.stream_rng`); noise is drawn per scan row, so
+:func:`diffraflow.operators.simulate.noise.stream_rng`); noise is drawn per scan row, so
 frames do not depend on the batch size.
 
 Examples
@@ -41,20 +41,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from operators.simulate.grains import (
+from diffraflow.operators.simulate.grains import (
     assign_phases,
     perturb_quaternions,
     random_quaternions,
     voronoi_grain_map,
 )
-from operators.simulate.master_patterns import (
+from diffraflow.operators.simulate.master_patterns import (
     MASTER_PATTERN_VERSION,
     get_master_pattern,
     project_patterns,
     resolve_kind,
 )
-from operators.simulate.noise import (
+from diffraflow.operators.simulate.noise import (
     STREAM_GRAINS,
     STREAM_NOISE,
     STREAM_ORIENTATIONS,
@@ -66,7 +65,7 @@ from operators.simulate.noise import (
     smooth_background,
     stream_rng,
 )
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = ["DEFAULT_PC", "EBSDBatch", "EBSDSimulation", "simulate_ebsd"]
 
@@ -323,7 +322,7 @@ def simulate_ebsd(
         Probability of each phase per grain (default equal).
     master_pattern
         ``"auto"``, ``"dynamical"`` or ``"kinematical"`` (see
-        :func:`operators.simulate.master_patterns.resolve_kind`).
+        :func:`diffraflow.operators.simulate.master_patterns.resolve_kind`).
     half_size
         Kinematical master-pattern half size (default 200).
 
@@ -352,7 +351,7 @@ def simulate_ebsd(
     _validate(scan_shape, det_shape, phases, n_grains, float(orientation_spread_deg), pc, float(sample_tilt),
               float(camera_tilt), float(energy_kv), None if dose is None else float(dose),
               float(background_strength), float(read_noise), seed)
-    from operators.crystallography.phases import get_phase
+    from diffraflow.operators.crystallography.phases import get_phase
 
     for name in phases:
         get_phase(name)  # unknown names fail here, before any work

@@ -6,7 +6,7 @@ orix convention (crystal to sample), so they can be wrapped as
 
 Examples
 --------
->>> from operators.simulate.noise import stream_rng
+>>> from diffraflow.operators.simulate.noise import stream_rng
 >>> gid, seeds = voronoi_grain_map((4, 6), 3, stream_rng(0, 1))
 >>> gid.shape, seeds.shape, int(gid.max()) < 3
 ((4, 6), (3, 2), True)
@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = [
     "assign_phases",

@@ -55,8 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = [
     "DEFAULT_HALF_SIZE",
@@ -144,7 +143,7 @@ def resolve_kind(phase_name: str, energy_kv: float, kind: str = "auto") -> str:
     """
     if kind not in MASTER_PATTERN_KINDS:
         raise SchemaError("master_pattern", f"unknown kind {kind!r}", f"use one of {', '.join(MASTER_PATTERN_KINDS)}")
-    from operators.crystallography.phases import PHASE_ALIASES
+    from diffraflow.operators.crystallography.phases import PHASE_ALIASES
 
     name = str(phase_name).lower()
     name = PHASE_ALIASES.get(name, name)
@@ -187,7 +186,7 @@ def _structure_fingerprint(phase, energy_kv: float, half_size: int, min_dspacing
                            min_relative_f: float) -> str:
     from importlib.metadata import version
 
-    from operators.crystallography.phases import phase_to_record
+    from diffraflow.operators.crystallography.phases import phase_to_record
 
     record = phase_to_record(phase)
     record.pop("color", None)
@@ -228,22 +227,21 @@ def kinematical_master_pattern_arrays(phase, energy_kv: float = 20.0, half_size:
     kinematical two-beam intensity; structure factors use the atomic
     scattering factors tabulated in diffsims. diffsims assumes Ångström, so
     the phase is converted with
-    :func:`operators.crystallography.phases.phase_in_angstrom` first (a
+    :func:`diffraflow.operators.crystallography.phases.phase_in_angstrom` first (a
     phase already in Ångström gives the same pattern). The stereographic
     pattern that kikuchipy computes is resampled to the Lambert projection by
     ``EBSDMasterPattern.as_lambert``.
 
     Examples
     --------
-    >>> from operators.crystallography.phases import get_phase
+    >>> from diffraflow.operators.crystallography.phases import get_phase
     >>> arr = kinematical_master_pattern_arrays(get_phase("fe"), half_size=20)
     >>> arr.shape, float(arr.max())
     ((2, 41, 41), 1.0)
     """
+    from diffraflow.operators.crystallography.phases import phase_in_angstrom
     from diffsims.crystallography import ReciprocalLatticeVector
     from kikuchipy.simulations import KikuchiPatternSimulator
-
-    from operators.crystallography.phases import phase_in_angstrom
 
     with _quiet(), np.errstate(all="ignore"), _single_numba_thread():
         # diffsims wants Ångström. Cache versions 1-2 passed the nanometre
@@ -280,7 +278,7 @@ def master_pattern_from_arrays(data: np.ndarray, phase):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.crystallography.phases import get_phase
+    >>> from diffraflow.operators.crystallography.phases import get_phase
     >>> mp = master_pattern_from_arrays(np.zeros((2, 5, 5), "float32"), get_phase("al"))
     >>> mp.projection, mp.hemisphere
     ('lambert', 'both')
@@ -302,7 +300,7 @@ def _load_dynamical_ni():
 
     with _quiet():
         mp = kp.data.nickel_ebsd_master_pattern_small(projection="lambert", hemisphere="both")
-    from operators.crystallography.phases import get_phase
+    from diffraflow.operators.crystallography.phases import get_phase
 
     # The library Ni phase (same lattice) so phase records agree with the cube metadata.
     return master_pattern_from_arrays(_unit_range(np.asarray(mp.data, dtype=np.float64)), get_phase("ni"))
@@ -372,7 +370,7 @@ def get_master_pattern(phase_name: str = "ni", energy_kv: float = 20.0, kind: st
     >>> mp.data.shape, mp.phase.point_group.name
     ((2, 51, 51), 'm-3m')
     """
-    from operators.crystallography.phases import get_phase
+    from diffraflow.operators.crystallography.phases import get_phase
 
     if not (np.isfinite(energy_kv) and 1.0 <= float(energy_kv) <= 1000.0):
         raise SchemaError("energy_kv", f"beam energy must lie in [1, 1000] kV, got {energy_kv}",

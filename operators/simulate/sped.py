@@ -37,15 +37,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from operators.simulate.noise import (
+from diffraflow.operators.simulate.noise import (
     STREAM_NOISE,
     STREAM_SPOTS,
     add_counting_noise,
     choose_count_dtype,
     stream_rng,
 )
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 __all__ = [
     "SPEDBatch",

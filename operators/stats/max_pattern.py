@@ -6,8 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, register_operator
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    register_operator,
+)
 
 __all__ = ["MaxPattern"]
 
@@ -43,7 +48,7 @@ class MaxPattern(Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 2), (1, 2), np.dtype("uint8"))
     >>> op, ctx = MaxPattern(), ChunkContext(spec)
     >>> a = op.process(np.array([[[0, 9]]], "uint8"), ctx)["max"]

@@ -6,9 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, register_operator
-from schemas.errors import PipelineError
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    register_operator,
+)
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["MeanPattern"]
 
@@ -35,7 +40,7 @@ class MeanPattern(Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 3), (1, 2), np.dtype("uint8"))
     >>> op, ctx = MeanPattern(), ChunkContext(spec)
     >>> a = op.process(np.array([[[0, 1]], [[2, 3]]], "uint8"), ctx)

@@ -4,5 +4,5 @@
 * ``bright_field``: one disk (preset), a scalar map;
 * ``annular_dark_field``: one annulus (preset), a scalar map.
 
-Mask specs, the mask plan and the kernel live in :mod:`operators.virtual._masks`.
+Mask specs, the mask plan and the kernel live in :mod:`diffraflow.operators.virtual._masks`.
 """

@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.preprocess._kernels import circular_mask, detector_centre
-from schemas.errors import PipelineError
+from diffraflow.operators.preprocess._kernels import circular_mask, detector_centre
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["MASK_KEYS", "validate_mask_spec", "mask_image", "mask_images", "mask_label", "MaskPlan",
            "make_plan", "virtual_images"]
@@ -72,7 +71,7 @@ def validate_mask_spec(spec: Mapping[str, Any], det_shape: Sequence[int], where:
     >>> validate_mask_spec({"type": "disc", "radius": 2}, (8, 8), "op.masks[0]")
     Traceback (most recent call last):
     ...
-    schemas.errors.PipelineError: op.masks[0]: unknown mask type 'disc' (fix: did you mean 'disk'? types: disk, annulus, rectangle)
+    diffraflow.schemas.errors.PipelineError: op.masks[0]: unknown mask type 'disc' (fix: did you mean 'disk'? types: disk, annulus, rectangle)
     """
     if not isinstance(spec, Mapping):
         raise PipelineError(where, f"a mask spec must be a mapping, got {spec!r}",
@@ -235,7 +234,7 @@ def virtual_images(frames: Any, plan: MaskPlan, xp: Any = np) -> Any:
 class MaskOperatorMixin:
     """Shared ``resolve``/``setup``/``process`` of the virtual-detector operators.
 
-    A subclass (a frozen :class:`~operators.base.Operator` dataclass) defines
+    A subclass (a frozen :class:`~diffraflow.operators.base.Operator` dataclass) defines
     :meth:`mask_stack` (the ``(m, det_y, det_x)`` weights and one label per
     mask, validated against the spec), ``output`` (the output name) and
     ``squeeze`` (True for a single scalar map per frame).
@@ -253,7 +252,7 @@ class MaskOperatorMixin:
         return self.mask_stack(spec)[1]
 
     def _resolve_images(self, spec: Any, description: str):
-        from operators.base import OutputSpec
+        from diffraflow.operators.base import OutputSpec
 
         if self.reduce not in ("sum", "mean"):
             raise PipelineError(f"{self.name}.reduce", f"{self.reduce!r} is not sum or mean",  # type: ignore[attr-defined]

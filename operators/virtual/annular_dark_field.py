@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from operators.base import InputSpec, Operator, OutputSpec, param, register_operator
-from operators.virtual._masks import MaskOperatorMixin, mask_image, mask_label, validate_mask_spec
+from diffraflow.operators.base import InputSpec, Operator, OutputSpec, param, register_operator
+from diffraflow.operators.virtual._masks import (
+    MaskOperatorMixin,
+    mask_image,
+    mask_label,
+    validate_mask_spec,
+)
 
 __all__ = ["AnnularDarkField"]
 
@@ -17,7 +21,7 @@ __all__ = ["AnnularDarkField"]
 class AnnularDarkField(MaskOperatorMixin, Operator):
     """Virtual annular dark field: sum (or mean) of each frame inside an annulus.
 
-    A preset of :class:`~operators.virtual.virtual_image.VirtualImage` with one
+    A preset of :class:`~diffraflow.operators.virtual.virtual_image.VirtualImage` with one
     annulus mask and a scalar map as output.
 
     Parameters
@@ -40,7 +44,7 @@ class AnnularDarkField(MaskOperatorMixin, Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 1), (7, 7), np.dtype("uint8"))
     >>> op = AnnularDarkField(inner=1, outer=2)
     >>> op.process(np.ones((1, 7, 7), "uint8"), ChunkContext(spec, constants=op.setup(spec)))["image"].tolist()

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from operators.base import InputSpec, Operator, OutputSpec, param, register_operator
-from operators.virtual._masks import MaskOperatorMixin, mask_image, mask_label, validate_mask_spec
+from diffraflow.operators.base import InputSpec, Operator, OutputSpec, param, register_operator
+from diffraflow.operators.virtual._masks import (
+    MaskOperatorMixin,
+    mask_image,
+    mask_label,
+    validate_mask_spec,
+)
 
 __all__ = ["BrightField"]
 
@@ -17,7 +21,7 @@ __all__ = ["BrightField"]
 class BrightField(MaskOperatorMixin, Operator):
     """Virtual bright field: sum (or mean) of each frame inside a disk.
 
-    A preset of :class:`~operators.virtual.virtual_image.VirtualImage` with one
+    A preset of :class:`~diffraflow.operators.virtual.virtual_image.VirtualImage` with one
     disk mask and a scalar map as output.
 
     Parameters
@@ -37,7 +41,7 @@ class BrightField(MaskOperatorMixin, Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 1), (5, 5), np.dtype("uint8"))
     >>> op = BrightField(radius=1)
     >>> op.process(np.ones((1, 5, 5), "uint8"), ChunkContext(spec, constants=op.setup(spec)))["image"].tolist()

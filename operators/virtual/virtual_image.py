@@ -6,11 +6,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from operators.base import InputSpec, Operator, OutputSpec, param, register_operator
-from operators.preprocess._kernels import freeze_array, load_image_param
-from operators.virtual._masks import MaskOperatorMixin, mask_images, mask_label, validate_mask_spec
-from schemas.errors import PipelineError
+from diffraflow.operators.base import InputSpec, Operator, OutputSpec, param, register_operator
+from diffraflow.operators.preprocess._kernels import freeze_array, load_image_param
+from diffraflow.operators.virtual._masks import (
+    MaskOperatorMixin,
+    mask_images,
+    mask_label,
+    validate_mask_spec,
+)
+from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["VirtualImage"]
 
@@ -51,7 +55,7 @@ class VirtualImage(MaskOperatorMixin, Operator):
     Examples
     --------
     >>> import numpy as np
-    >>> from operators.base import ChunkContext, InputSpec
+    >>> from diffraflow.operators.base import ChunkContext, InputSpec
     >>> spec = InputSpec((1, 2), (5, 5), np.dtype("uint8"))
     >>> op = VirtualImage(masks=[{"type": "disk", "radius": 1}, {"type": "annulus", "inner": 1, "outer": 2}])
     >>> op.resolve(spec)["images"].result_shape(spec.scan_shape)

@@ -19,10 +19,9 @@ def make_xmap(shape=(5, 7), phases=("ni", "fe"), not_indexed=0.2, seed=0, step=(
     orix_ids
         orix phase ids of the phases (default 0..n-1); e.g. (1, 2) like .ang files.
     """
+    from diffraflow.operators.crystallography import get_phase
     from orix.crystal_map import CrystalMap, PhaseList, create_coordinate_arrays
     from orix.quaternion import Rotation
-
-    from operators.crystallography import get_phase
 
     rng = np.random.default_rng(seed)
     ny, nx = shape

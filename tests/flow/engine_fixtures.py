@@ -12,9 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from diffraflow.flow.store import create_cube
+from diffraflow.operators.base import (
+    ChunkContext,
+    InputSpec,
+    Operator,
+    OutputSpec,
+    param,
+    register_operator,
+)
 
-from flow.store import create_cube
-from operators.base import ChunkContext, InputSpec, Operator, OutputSpec, param, register_operator
 from tests.operators.conformance import synthetic_frames
 
 __all__ = ["FrameSum", "Affine", "SigSum", "Centered", "Slow", "Flaky", "make_cube", "write_yaml"]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffraflow.flow.cli import main
+from diffraflow.flow.store import open_cube
+from diffraflow.schemas.errors import DiffraflowError
 
-from flow.cli import main
-from flow.store import open_cube
-from schemas.errors import DiffraflowError
 from tests.real_data import REAL_DATA as REAL
 
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="real data folder not present")
@@ -186,8 +186,8 @@ def test_fewer_frames_than_header(tmp_path, capsys):
 
 def test_read_error_midway_leaves_no_store(tmp_path, monkeypatch):
     """A reader failing after some frames (e.g. a bad HDF5 chunk) aborts cleanly."""
-    from flow.convert import convert
-    from flow.readers.numpy_file import NpyReader
+    from diffraflow.flow.convert import convert
+    from diffraflow.flow.readers.numpy_file import NpyReader
 
     np.save(tmp_path / "p.npy", np.zeros((4, 4, 3, 3), "uint8"))
 
@@ -330,8 +330,8 @@ def test_emsoft_pc_in_pixels_is_accepted(tmp_path, capsys):
 
 
 def test_step_unit_furlong_through_the_python_api(tmp_path):
-    from flow.convert import convert
-    from schemas.errors import SchemaError
+    from diffraflow.flow.convert import convert
+    from diffraflow.schemas.errors import SchemaError
 
     np.save(tmp_path / "p.npy", np.zeros((1, 2, 3, 3), "uint8"))
     with pytest.raises(SchemaError, match=r"step_size.unit: step unit must be a length unit \(nm, um or mm\), "

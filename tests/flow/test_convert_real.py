@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffraflow.flow.cli import main
+from diffraflow.flow.store import open_cube
 
-from flow.cli import main
-from flow.store import open_cube
 from tests.real_data import REAL_DATA as REAL
 
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real data folder not present")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-
-from flow.crystal_map import (
+from diffraflow.flow.crystal_map import (
     CrystalMapStoreWriter,
     crystal_map_grid,
     read_crystal_map,
     read_crystal_map_record,
     write_crystal_map_store,
 )
-from flow.inspect_store import validate_store
-from schemas.errors import DiffraflowError, OutputExistsError, SchemaError
+from diffraflow.flow.inspect_store import validate_store
+from diffraflow.schemas.errors import DiffraflowError, OutputExistsError, SchemaError
+
 from tests.flow.crystal_map_fixtures import REAL_ANG, make_xmap, max_misorientation, phase_names
 
 
@@ -124,7 +124,7 @@ def test_overwrite_rules(tmp_path):
 
 
 def test_errors_are_one_line(tmp_path):
-    from flow.store import create_cube
+    from diffraflow.flow.store import create_cube
 
     cube = tmp_path / "scan.zarr"
     with create_cube(cube, scan_shape=(1, 2), det_shape=(3, 3), dtype="uint8",

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from flow.cli import main
-from flow.engine import run_pipeline
-from flow.pipeline import Pipeline, Step
-from flow.results import open_results
-from flow.sources import ArraySource
-from flow.testing import GrowingArraySource
-from operators.base import (
+from diffraflow.flow.cli import main
+from diffraflow.flow.engine import run_pipeline
+from diffraflow.flow.pipeline import Pipeline, Step
+from diffraflow.flow.results import open_results
+from diffraflow.flow.sources import ArraySource
+from diffraflow.flow.testing import GrowingArraySource
+from diffraflow.operators.base import (
     ChunkContext,
     InputSpec,
     LastPass,
@@ -29,9 +28,10 @@ from operators.base import (
     param,
     register_operator,
 )
-from operators.decomposition.incremental_pca import IncrementalPCA
-from schemas.backends import get_backend
-from schemas.errors import BackendUnavailableError, OutputExistsError, PipelineError
+from diffraflow.operators.decomposition.incremental_pca import IncrementalPCA
+from diffraflow.schemas.backends import get_backend
+from diffraflow.schemas.errors import BackendUnavailableError, OutputExistsError, PipelineError
+
 from tests.flow.engine_fixtures import FrameSum, SigSum
 
 EXECUTORS = ["inline", "threads", "local"]
@@ -200,7 +200,7 @@ def test_growing_source_gives_the_offline_results_on_every_executor(frames, exec
 
 WRITER = """
 import sys, time, numpy as np
-from flow.store import create_cube
+from diffraflow.flow.store import create_cube
 frames = np.load(sys.argv[2])
 with create_cube(sys.argv[1], scan_shape=frames.shape[:2], det_shape=frames.shape[2:], dtype=frames.dtype,
                  attrs={"modality": "ebsd", "detector": {"shape": list(frames.shape[2:])}}, chunk_frames=6,
@@ -235,8 +235,8 @@ def test_run_follows_a_cube_being_written_by_another_process(frames, tmp_path, c
 
 
 def test_an_aborted_acquisition_is_an_error_not_a_short_result(frames, tmp_path):
-    from flow.store import create_cube
-    from schemas.errors import InputFileError
+    from diffraflow.flow.store import create_cube
+    from diffraflow.schemas.errors import InputFileError
 
     cube = tmp_path / "cut.zarr"
     with pytest.raises(RuntimeError), create_cube(
@@ -351,7 +351,7 @@ def test_one_backend_definition():
     assert [get_backend(n).gpu for n in ("numpy", "cupy", "torch-cpu", "torch-cuda")] == [False, True, False, True]
     with pytest.raises(BackendUnavailableError, match="torch-cpu or torch-cuda"):
         Pipeline([Step(TorchFrameSum(), backend="torch")]).resolve(InputSpec((1, 1), (2, 2), np.dtype("u1")))
-    from schemas.pipeline import pipeline_json_schema
+    from diffraflow.schemas.pipeline import pipeline_json_schema
 
     enum = pipeline_json_schema()["properties"]["steps"]["items"]["properties"]["backend"]["enum"]
     assert enum == ["numpy", "cupy", "torch-cpu", "torch-cuda"]
@@ -397,7 +397,7 @@ def test_engine_and_pipeline_do_not_import_each_other():
     source = Path(__file__).resolve().parents[2] / "flow" / "pipeline.py"
     imported = {node.module for node in ast.walk(ast.parse(source.read_text()))
                 if isinstance(node, ast.ImportFrom) and node.module}
-    assert not any(name.endswith("flow.engine") for name in imported), imported
+    assert not any(name.endswith("diffraflow.flow.engine") for name in imported), imported
 
 
 def test_bind_is_part_of_the_contract():

@@ -6,12 +6,12 @@ import threading
 
 import numpy as np
 import pytest
+from diffraflow.flow.engine import run_pipeline
+from diffraflow.flow.executors import InlineExecutor, ThreadExecutor, get_executor
+from diffraflow.flow.executors.base import Executor, clear_constants
+from diffraflow.flow.pipeline import Pipeline
+from diffraflow.schemas.errors import ChunkFailedError, PipelineError
 
-from flow.engine import run_pipeline
-from flow.executors import InlineExecutor, ThreadExecutor, get_executor
-from flow.executors.base import Executor, clear_constants
-from flow.pipeline import Pipeline
-from schemas.errors import ChunkFailedError, PipelineError
 from tests.flow.engine_fixtures import Affine, Centered, Flaky, FrameSum, SigSum, make_cube
 
 PIPE = Pipeline([Affine(crop=1), Centered(), ("s", SigSum()), ("t", FrameSum())])
@@ -27,7 +27,7 @@ def cube(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_cluster():
-    from flow.executors.distributed import DistributedExecutor
+    from diffraflow.flow.executors.distributed import DistributedExecutor
 
     ex = DistributedExecutor(n_workers=2, threads_per_worker=1, processes=True)
     ex.start()
@@ -96,7 +96,7 @@ def test_a_chunk_that_keeps_failing_is_named_and_other_results_are_kept(cube, tm
 def test_contract_violations_stop_at_once(cube):
     from dataclasses import dataclass
 
-    from operators.base import OutputSpec
+    from diffraflow.operators.base import OutputSpec
 
     @dataclass(frozen=True)
     class Wrong(FrameSum):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffraflow.flow.crystal_map import read_crystal_map, write_crystal_map_store
+from diffraflow.flow.exporters import EXPORTERS, export_crystal_map, exporter_for
+from diffraflow.flow.exporters.ang import oim_symmetry_code, write_ang
+from diffraflow.flow.exporters.ctf import laue_group_code, write_ctf
+from diffraflow.flow.exporters.orix_h5 import write_orix_h5
+from diffraflow.schemas.errors import OutputExistsError, UnknownFormatError
 
-from flow.crystal_map import read_crystal_map, write_crystal_map_store
-from flow.exporters import EXPORTERS, export_crystal_map, exporter_for
-from flow.exporters.ang import oim_symmetry_code, write_ang
-from flow.exporters.ctf import laue_group_code, write_ctf
-from flow.exporters.orix_h5 import write_orix_h5
-from schemas.errors import OutputExistsError, UnknownFormatError
 from tests.flow.crystal_map_fixtures import (
     REAL_ANG,
     REAL_CTF,
@@ -111,7 +111,7 @@ def test_ctf_round_trip_and_header_style(tmp_path):
 
 
 def test_ctf_real_file_codes(tmp_path):
-    from operators.crystallography import get_phase
+    from diffraflow.operators.crystallography import get_phase
 
     assert laue_group_code(get_phase("ni")) == 11 and laue_group_code(get_phase("cr3si")) == 11
     copper = _load(REAL_CTF)
@@ -136,9 +136,8 @@ def test_orix_h5_round_trip(tmp_path):
 
 
 def test_pngs(tmp_path):
+    from diffraflow.flow.plots_crystal import ipf_rgb
     from PIL import Image
-
-    from flow.plots_crystal import ipf_rgb
 
     xmap = make_xmap((6, 9), ("ni", "fe"))
     paths = export_crystal_map(xmap, tmp_path / "m.png", ipf_direction="x")
@@ -160,7 +159,7 @@ def _luminance(rgb):
 @pytest.mark.parametrize("name", ["confidence", "fit", "pattern_quality"])
 def test_property_colours_never_look_not_indexed(name):
     """Poor confidence or fit is never drawn near black, the not-indexed colour (issue 7.17)."""
-    from flow.plots_crystal import NOT_INDEXED_COLOR, property_colormap
+    from diffraflow.flow.plots_crystal import NOT_INDEXED_COLOR, property_colormap
 
     cmap = property_colormap(name)
     colours = cmap(np.linspace(0, 1, 512))
@@ -174,8 +173,8 @@ def test_property_colours_never_look_not_indexed(name):
 
 
 def test_pngs_use_the_threshold(tmp_path, monkeypatch):
-    import flow.plots_crystal as plots_crystal
-    from flow.crystal_map import apply_min_confidence
+    import diffraflow.flow.plots_crystal as plots_crystal
+    from diffraflow.flow.crystal_map import apply_min_confidence
 
     xmap = make_xmap((6, 9), ("ni", "fe"))
     drawn = {}
@@ -198,7 +197,7 @@ def test_pngs_use_the_threshold(tmp_path, monkeypatch):
 
 
 def test_apply_min_confidence_keeps_raw_values():
-    from flow.crystal_map import apply_min_confidence
+    from diffraflow.flow.crystal_map import apply_min_confidence
 
     xmap = make_xmap((4, 5), ("ni",))
     shown = apply_min_confidence(xmap, 0.5)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffraflow.flow.cli import main
+from diffraflow.flow.crystal_map import MIN_CONFIDENCE, write_crystal_map_store
 
-from flow.cli import main
-from flow.crystal_map import MIN_CONFIDENCE, write_crystal_map_store
 from tests.flow.crystal_map_fixtures import make_xmap, phase_names
 
 
@@ -94,7 +94,7 @@ def test_export_errors(tmp_path, store, capsys):
 
 
 def test_export_refuses_a_scan_cube(tmp_path, capsys):
-    from flow.store import create_cube
+    from diffraflow.flow.store import create_cube
 
     cube = tmp_path / "scan.zarr"
     with create_cube(cube, scan_shape=(1, 2), det_shape=(3, 3), dtype="uint8",

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from flow.cli import main
-from flow.crystal_map import read_crystal_map, read_crystal_map_record
+from diffraflow.flow.cli import main
+from diffraflow.flow.crystal_map import read_crystal_map, read_crystal_map_record
 
 SCAN = (6, 7)
 
 
 def _make_cube(path, pc=True, per_point=False, modality="ebsd"):
-    from flow.store import create_cube
-    from operators.crystallography.phases import get_phase, phase_to_record
-    from operators.simulate.ebsd import simulate_ebsd
+    from diffraflow.flow.store import create_cube
+    from diffraflow.operators.crystallography.phases import get_phase, phase_to_record
+    from diffraflow.operators.simulate.ebsd import simulate_ebsd
 
     sim = simulate_ebsd(SCAN, det_shape=(60, 60), n_grains=3, dose=300, seed=4)
     det = {"shape": [60, 60], "sample_tilt": sim.sample_tilt, "camera_tilt": sim.camera_tilt}
@@ -51,9 +50,8 @@ def _err(capsys) -> str:
 
 
 def test_index_streams_blocks_and_matches_truth(cubes, tmp_path, monkeypatch, capsys):
+    import diffraflow.flow.commands.index as index_command
     from orix.quaternion import Orientation
-
-    import flow.commands.index as index_command
 
     monkeypatch.setattr(index_command, "BLOCK_PATTERNS", 2 * SCAN[1])  # three blocks of two rows
     root, sim = cubes
@@ -71,10 +69,9 @@ def test_index_streams_blocks_and_matches_truth(cubes, tmp_path, monkeypatch, ca
         Orientation(sim.true_rotation.reshape(-1, 4), symmetry), degrees=True)
     assert np.mean(angles < 2.0) > 0.8, np.median(angles)
     # Same answer as the indexer on the whole scan at once: streaming changes nothing
+    from diffraflow.operators.crystallography import get_phase
+    from diffraflow.operators.indexing import HoughIndexer
     from kikuchipy.detectors import EBSDDetector
-
-    from operators.crystallography import get_phase
-    from operators.indexing import HoughIndexer
 
     patterns, _ = sim.all_patterns()
     detector = EBSDDetector((60, 60), pc=sim.pc, sample_tilt=sim.sample_tilt, tilt=sim.camera_tilt)
@@ -181,7 +178,7 @@ def test_compile_message_before_compiling_and_rate_without_it(cubes, tmp_path, m
     """Uncached kernels: one line first, then compile outside the timed run (issue 7.13)."""
     import time
 
-    from operators.indexing.indexer import COMPILE_MESSAGE, HoughIndexer
+    from diffraflow.operators.indexing.indexer import COMPILE_MESSAGE, HoughIndexer
 
     events = []
     original = HoughIndexer.index_chunk
@@ -195,7 +192,7 @@ def test_compile_message_before_compiling_and_rate_without_it(cubes, tmp_path, m
 
     monkeypatch.setattr(HoughIndexer, "kernels_cached", lambda self, dtype=None: False)
     monkeypatch.setattr(HoughIndexer, "index_chunk", slow_index_chunk)
-    import flow.commands.index as index_command
+    import diffraflow.flow.commands.index as index_command
 
     monkeypatch.setattr(index_command, "_say", lambda message: events.append(message))
     assert main(["index", str(cubes[0] / "scan.zarr"), str(tmp_path / "cm.zarr"), "--backend", "cpu"]) == 0

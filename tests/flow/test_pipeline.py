@@ -5,12 +5,12 @@ from __future__ import annotations
 import jsonschema
 import numpy as np
 import pytest
+from diffraflow.flow.pipeline import Pipeline, Step
+from diffraflow.flow.schedule import Schedule
+from diffraflow.operators.base import InputSpec
+from diffraflow.schemas.errors import PipelineError
+from diffraflow.schemas.pipeline import pipeline_json_schema, validate_pipeline_record
 
-from flow.pipeline import Pipeline, Step
-from flow.schedule import Schedule
-from operators.base import InputSpec
-from schemas.errors import PipelineError
-from schemas.pipeline import pipeline_json_schema, validate_pipeline_record
 from tests.flow.engine_fixtures import Affine, Centered, FrameSum, SigSum, write_yaml
 from tests.operators.conformance import (
     OperatorConformance,

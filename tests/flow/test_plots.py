@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from flow.plots import (
+from diffraflow.flow.plots import (
     detector_scale,
     plot_decomposition,
     plot_pattern,
@@ -14,7 +12,8 @@ from flow.plots import (
     plot_virtual_images,
     scan_scale,
 )
-from schemas.errors import OutputExistsError, SchemaError
+from diffraflow.schemas.errors import OutputExistsError, SchemaError
+from PIL import Image
 
 ATTRS = {"step_size": {"y": 1.5, "x": 2.0, "unit": "um"},
          "detector": {"shape": [16, 16], "calibration": {"scale": 0.0126, "units": "1/A"}}}
@@ -73,8 +72,9 @@ def test_decomposition(tmp_path):
 
 def test_plots_from_operator_results(tmp_path):
     """The arrays operators produce plot directly (shapes and dtypes as resolved)."""
-    from operators.stats.mean_pattern import MeanPattern
-    from operators.virtual.virtual_image import VirtualImage
+    from diffraflow.operators.stats.mean_pattern import MeanPattern
+    from diffraflow.operators.virtual.virtual_image import VirtualImage
+
     from tests.operators.operator_harness import make_cube, run_operator, spec_of
 
     cube = make_cube(3, scan=(4, 5), det=(12, 10))

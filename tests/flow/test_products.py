@@ -7,15 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import yaml
+from diffraflow.flow.cli import main
+from diffraflow.flow.engine import run_pipeline
+from diffraflow.flow.pipeline import Pipeline
+from diffraflow.flow.store import open_group_checked
+from diffraflow.operators.base import InputSpec, Operator, OutputSpec
+from diffraflow.operators.decomposition.incremental_pca import IncrementalPCA
+from diffraflow.schemas.errors import PipelineError
+from diffraflow.schemas.results import validate_result_group
 
-from flow.cli import main
-from flow.engine import run_pipeline
-from flow.pipeline import Pipeline
-from flow.store import open_group_checked
-from operators.base import InputSpec, Operator, OutputSpec
-from operators.decomposition.incremental_pca import IncrementalPCA
-from schemas.errors import PipelineError
-from schemas.results import validate_result_group
 from tests.test_readme import fenced_blocks
 
 SPEC = InputSpec((4, 5), (6, 6), np.dtype("uint8"))

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffraflow.flow.convert import convert
+from diffraflow.flow.readers import detect_format, open_reader
+from diffraflow.flow.store import open_cube
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from flow.convert import convert
-from flow.readers import detect_format, open_reader
-from flow.store import open_cube
 
 KP_DATA = Path(__import__("kikuchipy").__file__).parent / "data"
 
@@ -356,7 +355,7 @@ def test_tiff_pages_round_trip(tmp_path_factory, data, dtype, n, det):
 # -- sizes from side files, metadata as the file says it (issue 7) ---------------------------------------------
 
 def test_merlin_with_fewer_frames_in_hdr_than_in_file(tmp_path):
-    from schemas.errors import InputFileError
+    from diffraflow.schemas.errors import InputFileError
 
     frames = np.random.default_rng(9).integers(0, 4095, (12, 8, 10)).astype("uint16")
     _write_mib(tmp_path / "m.mib", frames, row_len=4)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from diffraflow.flow.engine import run_pipeline
+from diffraflow.flow.pipeline import Pipeline
+from diffraflow.flow.results import ZarrResultStore, open_results
+from diffraflow.schemas.errors import ChunkFailedError, OutputExistsError
 
-from flow.engine import run_pipeline
-from flow.pipeline import Pipeline
-from flow.results import ZarrResultStore, open_results
-from schemas.errors import ChunkFailedError, OutputExistsError
 from tests.flow.engine_fixtures import (
     Affine,
     Centered,
@@ -162,7 +162,7 @@ def test_sigkill_then_rerun_resumes_with_identical_results(tmp_path):
             params: {delay: 0.06}
         """)
     out = tmp_path / "out.zarr"
-    cmd = [sys.executable, "-m", "flow.cli", "run", str(pipeline), "--input", str(path), "--output", str(out),
+    cmd = [sys.executable, "-m", "diffraflow.flow.cli", "run", str(pipeline), "--input", str(path), "--output", str(out),
            "--plugin", "tests.flow.engine_fixtures", "--scheduler", "threads", "--workers", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

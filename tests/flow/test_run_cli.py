@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from diffraflow.flow.cli import main
 
 import tests.flow.engine_fixtures  # noqa: F401  (registers the test operators in this process)
-from flow.cli import main
 from tests.flow.engine_fixtures import make_cube, write_yaml
 
 PLUGIN = ["--plugin", "tests.flow.engine_fixtures"]

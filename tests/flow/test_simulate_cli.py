@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from flow.cli import main
-from flow.inspect_store import validate_store
-from flow.store import open_cube, read_scan_attrs
+from diffraflow.flow.cli import main
+from diffraflow.flow.inspect_store import validate_store
+from diffraflow.flow.store import open_cube, read_scan_attrs
 
 EBSD_SMALL = ["--scan-shape", "3", "4", "--detector-shape", "16", "22", "--grains", "3", "--seed", "7"]
 SPED_SMALL = ["--scan-shape", "2", "8", "--detector-shape", "24", "32", "--seed", "3"]
@@ -21,7 +20,7 @@ def _private_cache(tmp_path_factory):
 
 
 def test_ebsd_store_is_valid_and_matches_the_simulator(tmp_path, capsys):
-    from operators.simulate.ebsd import simulate_ebsd
+    from diffraflow.operators.simulate.ebsd import simulate_ebsd
 
     out = tmp_path / "ebsd.zarr"
     assert main(["simulate", "ebsd", str(out), *EBSD_SMALL, "--clean-patterns"]) == 0

@@ -7,13 +7,9 @@ import stat
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
-
-from flow.inspect_store import describe_store, validate_store
-from flow.store import create_cube, open_cube, read_scan_attrs
-from schemas.errors import (
+from diffraflow.flow.inspect_store import describe_store, validate_store
+from diffraflow.flow.store import create_cube, open_cube, read_scan_attrs
+from diffraflow.schemas.errors import (
     DestinationNotWritableError,
     IncompleteStoreError,
     InputFileError,
@@ -21,6 +17,9 @@ from schemas.errors import (
     SchemaError,
     StoreNotFoundError,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 
 def attrs_for(det_shape, modality="ebsd"):

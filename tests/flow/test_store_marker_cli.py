@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-
-from flow.cli import main
-from flow.store import create_cube
+from diffraflow.flow.cli import main
+from diffraflow.flow.store import create_cube
 
 
 @pytest.mark.parametrize(("marker", "words"), [({"format_version": 1, "kind": "banana", "complete": True},

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffraflow.flow.cli import main
+from diffraflow.flow.engine import run_pipeline
+from diffraflow.flow.locks import StoreLock, lock_path
+from diffraflow.flow.pipeline import Pipeline
+from diffraflow.flow.records import load_record, save_record
+from diffraflow.flow.store import open_cube, prepare_output_path, store_manifest
+from diffraflow.schemas.errors import DataCorruptionError, StoreLockedError, UnsafeRecordError
 
-from flow.cli import main
-from flow.engine import run_pipeline
-from flow.locks import StoreLock, lock_path
-from flow.pipeline import Pipeline
-from flow.records import load_record, save_record
-from flow.store import open_cube, prepare_output_path, store_manifest
-from schemas.errors import DataCorruptionError, StoreLockedError, UnsafeRecordError
 from tests.flow.engine_fixtures import FrameSum, make_cube, write_yaml
 
 PLUGIN = ["--plugin", "tests.flow.engine_fixtures"]
@@ -122,7 +122,7 @@ def test_deleted_shard_is_an_error_everywhere(cube, pipeline_file, tmp_path, cap
 
 
 def test_shard_deleted_after_opening_fails_the_chunk_not_zeros(cube, tmp_path):
-    from flow.sources import ZarrCubeSource
+    from diffraflow.flow.sources import ZarrCubeSource
 
     source = ZarrCubeSource(cube[0])
     shard_files(cube[0])[0].unlink()
@@ -182,7 +182,7 @@ def test_second_writer_is_refused_with_the_owner_named(cube, pipeline_file, tmp_
 
 def test_concurrent_runs_leave_one_consistent_store(cube, pipeline_file, tmp_path):
     out = tmp_path / "r.zarr"
-    cmd = [sys.executable, "-m", "flow.cli", "run", str(pipeline_file), "-i", str(cube[0]), "-o", str(out),
+    cmd = [sys.executable, "-m", "diffraflow.flow.cli", "run", str(pipeline_file), "-i", str(cube[0]), "-o", str(out),
            "-q", *PLUGIN]
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     codes = [p.wait(timeout=120) for p in procs]
@@ -221,7 +221,8 @@ def test_crafted_progress_record_is_refused_not_run(cube, tmp_path, capsys):
           - op: test_flaky
             params: {fail_at: [10], times: -1}
     """)
-    code = main(["run", str(flaky), "-i", str(cube[0]), "-o", str(out), "-q", "--retries", "0", *PLUGIN])
+    code = main(["run", str(flaky), "-i", str(cube[0]), "-o", str(out), "-q", "--retries", "0",
+                 "--scheduler", "inline", *PLUGIN])
     assert code == 2
     capsys.readouterr()
     progress = out / "_progress" / "round0"
@@ -348,7 +349,7 @@ def test_full_disk_is_one_line(cube, pipeline_file, tmp_path, capsys, monkeypatc
 def test_stale_partials_of_dead_writers_are_removed(tmp_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from flow.locks import HOST
+    from diffraflow.flow.locks import HOST
 
     final = tmp_path / "o.zarr"
     stale = tmp_path / f".o.zarr.partial-{HOST}-{dead.pid}"
@@ -396,8 +397,9 @@ def test_losing_every_worker_is_one_line(cube, tmp_path):
     """An external scheduler whose only worker is killed mid-run: one line, not a hang or 'NoneType: None'."""
     import threading
 
-    from flow.executors.distributed import DistributedExecutor
-    from schemas.errors import WorkersLostError
+    from diffraflow.flow.executors.distributed import DistributedExecutor
+    from diffraflow.schemas.errors import WorkersLostError
+
     from tests.flow.engine_fixtures import Slow
 
     scheduler_file = tmp_path / "scheduler.json"

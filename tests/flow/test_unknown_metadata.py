@@ -14,11 +14,11 @@ import warnings
 import numpy as np
 import pytest
 import zarr
+from diffraflow.flow.cli import main
+from diffraflow.flow.convert import convert
+from diffraflow.flow.store import create_cube, open_cube
+from diffraflow.schemas.cube import AssumedValueWarning
 
-from flow.cli import main
-from flow.convert import convert
-from flow.store import create_cube, open_cube
-from schemas.cube import AssumedValueWarning
 from tests.flow.test_readers_synthetic import _write_mib
 from tests.real_data import REAL_DATA as REAL
 
@@ -106,7 +106,7 @@ def test_stores_written_with_old_defaults_still_open(tmp_path, capsys):
 # -- consumers that need a number --------------------------------------------------------------------------
 
 def test_hough_index_assumes_70_degrees_and_says_so():
-    from operators.base import InputSpec, build_operator
+    from diffraflow.operators.base import InputSpec, build_operator
 
     op = build_operator("hough_index", {"phases": ["ni"], "pc": [0.42, 0.22, 0.5]})
     attrs = {"modality": "ebsd", "detector": {"shape": [60, 60], "sample_tilt": None, "camera_tilt": None,
@@ -123,7 +123,7 @@ def test_hough_index_assumes_70_degrees_and_says_so():
 
 
 def test_crystal_map_writer_with_a_scan_of_unknown_step(tmp_path):
-    from flow.crystal_map import CrystalMapStoreWriter, read_crystal_map_record
+    from diffraflow.flow.crystal_map import CrystalMapStoreWriter, read_crystal_map_record
 
     scan = {"modality": "ebsd", "detector": {"shape": [60, 60]}}
     phases = [{"id": 0, "name": "ni", "point_group": "m-3m"}]
@@ -142,11 +142,10 @@ def test_crystal_map_writer_with_a_scan_of_unknown_step(tmp_path):
 
 
 def test_ctf_header_and_pc_conversion_with_unknown_tilts(tmp_path):
+    from diffraflow.flow.exporters._common import pc_in_convention
+    from diffraflow.flow.exporters.ctf import write_ctf
     from orix.crystal_map import CrystalMap, Phase, PhaseList
     from orix.quaternion import Rotation
-
-    from flow.exporters._common import pc_in_convention
-    from flow.exporters.ctf import write_ctf
 
     det = {"shape": [60, 60], "pc": [0.4, 0.3, 0.5], "sample_tilt": None, "camera_tilt": None}
     assert pc_in_convention({"detector": det}, "tsl") == (0.4, 0.7, 0.5)

@@ -36,7 +36,7 @@ What is asserted
   operator with the same ``token()``;
 * **schema-consistent**: ``resolve`` is pure (same outputs twice), every
   declared output comes back with ``result_shape``/``dtype`` of its
-  :class:`~operators.base.OutputSpec`, and a Zarr result store holds it with
+  :class:`~diffraflow.operators.base.OutputSpec`, and a Zarr result store holds it with
   ``result_dims()`` as dimension names;
 * **chunking-independent**: identical results (to ``rtol``/``atol``) with
   awkward chunks — 1 frame, a prime run splitting rows (3 of 7), bands of
@@ -51,7 +51,7 @@ What is asserted
   available here (CuPy needs CUDA) agrees with ``numpy``.
 
 Results are keyed by output name for a single operator (``{"total": ...}``),
-or by ``"<step>/<output>"`` when a :class:`~flow.pipeline.Pipeline` is checked.
+or by ``"<step>/<output>"`` when a :class:`~diffraflow.flow.pipeline.Pipeline` is checked.
 Reductions are merged in chunk order by the engine, so executors agree
 exactly; only chunking changes floating-point summation order.
 """
@@ -65,10 +65,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from flow.engine import run_pipeline
-from flow.pipeline import Pipeline, Step
-from operators.base import InputSpec, Operator
+from diffraflow.flow.engine import run_pipeline
+from diffraflow.flow.pipeline import Pipeline, Step
+from diffraflow.operators.base import InputSpec, Operator
 
 __all__ = [
     "DEFAULT_CHUNKINGS",
@@ -133,7 +132,7 @@ def run_operator(op: Operator | Pipeline, frames: np.ndarray | str | Path, *, ch
     Examples
     --------
     >>> from dataclasses import dataclass
-    >>> from operators.base import OutputSpec
+    >>> from diffraflow.operators.base import OutputSpec
     >>> @dataclass(frozen=True)
     ... class Peak(Operator):
     ...     name = "peak_doc"
@@ -272,7 +271,7 @@ def check_operator(op: Operator | Pipeline, frames: np.ndarray, reference: Calla
     Examples
     --------
     >>> from dataclasses import dataclass
-    >>> from operators.base import OutputSpec
+    >>> from diffraflow.operators.base import OutputSpec
     >>> @dataclass(frozen=True)
     ... class Total(Operator):
     ...     name = "total_doc"

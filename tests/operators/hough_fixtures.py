@@ -36,21 +36,21 @@ def random_rotations(n: int, seed: int):
 
 @pytest.fixture(scope="session")
 def ni_phase():
-    from operators.crystallography import get_phase
+    from diffraflow.operators.crystallography import get_phase
 
     return get_phase("ni")
 
 
 @pytest.fixture(scope="session")
 def fe_phase():
-    from operators.crystallography import get_phase
+    from diffraflow.operators.crystallography import get_phase
 
     return get_phase("fe")
 
 
 @pytest.fixture(scope="session")
 def ni_dynamical_mp():
-    from operators.indexing.testing import ni_master_pattern
+    from diffraflow.operators.indexing.testing import ni_master_pattern
 
     return ni_master_pattern()
 
@@ -58,7 +58,7 @@ def ni_dynamical_mp():
 @pytest.fixture(scope="session")
 def kinematical_mps(ni_phase, fe_phase):
     """Kinematical Lambert master patterns of FCC Ni and BCC Fe (a few seconds)."""
-    from operators.indexing.testing import kinematical_master_pattern
+    from diffraflow.operators.indexing.testing import kinematical_master_pattern
 
     return {
         "ni": kinematical_master_pattern(ni_phase, half_size=200),

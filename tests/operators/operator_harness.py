@@ -18,8 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-
-from operators.base import ChunkContext, InputSpec, Operator
+from diffraflow.operators.base import ChunkContext, InputSpec, Operator
 
 __all__ = ["make_cube", "spec_of", "chunk_bounds", "run_operator", "reference_outputs_equal", "CHUNKINGS",
            "ORDERS"]

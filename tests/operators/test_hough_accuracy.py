@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffraflow.operators.indexing import HoughIndexer
+from diffraflow.operators.indexing.testing import disorientation_deg, simulate_patterns
 
-from operators.indexing import HoughIndexer
-from operators.indexing.testing import disorientation_deg, simulate_patterns
 from tests.operators.hough_fixtures import (  # noqa: F401 - fixtures
     fe_phase,
     kinematical_mps,
@@ -107,7 +107,7 @@ def test_real_ni_agrees_with_dictionary_indexing():
 
 @pytest.mark.gpu
 def test_cuda_matches_cpu(ni_phase, ni_dynamical_mp):
-    from operators.indexing.gpu import cuda_available
+    from diffraflow.operators.indexing.gpu import cuda_available
 
     if not cuda_available():
         pytest.skip("needs CUDA (CuPy with a device)")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from diffraflow.flow.cli import main
+from diffraflow.operators.base import build_operator
+from diffraflow.operators.crystallography import get_phase
+from diffraflow.operators.indexing.testing import disorientation_deg
+from diffraflow.operators.simulate.ebsd import simulate_ebsd
+from diffraflow.schemas.errors import PipelineError, SchemaError
 
-from flow.cli import main
-from operators.base import build_operator
-from operators.crystallography import get_phase
-from operators.indexing.testing import disorientation_deg
-from operators.simulate.ebsd import simulate_ebsd
-from schemas.errors import PipelineError, SchemaError
 from tests.operators.conformance import check_operator
 
 PC = (0.421, 0.221, 0.505)
@@ -79,7 +79,7 @@ def test_run_png_draws_crystal_maps(tmp_path, capsys):
 
 
 def test_result_attrs_carry_scan_and_mean_pc():
-    from operators.base import InputSpec
+    from diffraflow.operators.base import InputSpec
 
     attrs = {"modality": "ebsd", "beam_energy_kv": 15, "detector": {"shape": [60, 60], "pc": None,
                                                                       "pc_convention": "bruker"}}
@@ -97,8 +97,8 @@ def test_result_attrs_carry_scan_and_mean_pc():
 @pytest.mark.parametrize("cached", [True, False])
 def test_warm_up_says_so_only_when_compiling(monkeypatch, cached):
     """``notify`` hears the compile message first, and only when numba's cache lacks the kernels (issue 7.13)."""
-    from operators.base import InputSpec
-    from operators.indexing.indexer import COMPILE_MESSAGE, HoughIndexer
+    from diffraflow.operators.base import InputSpec
+    from diffraflow.operators.indexing.indexer import COMPILE_MESSAGE, HoughIndexer
 
     events = []
     original = HoughIndexer.index_chunk
@@ -120,7 +120,7 @@ def test_kernels_cached_reads_numba_cache(tmp_path):
     import subprocess
     import sys
 
-    from operators.indexing.indexer import warm_up_kernels
+    from diffraflow.operators.indexing.indexer import warm_up_kernels
 
     warm_up_kernels("uint8", "cpu")  # fills the on-disk cache if this is the first run
     probe = ("import time; from operators.indexing.indexer import HoughIndexer; from kikuchipy.detectors import "
@@ -142,7 +142,7 @@ def test_bad_parameters_fail_before_data():
     with pytest.raises(PipelineError, match="did you mean 'n_bands'"):
         build_operator("hough_index", {"nbands": 9})
     op = build_operator("hough_index", {"n_bands": 2, "phases": ["ni"], "pc": list(PC)})
-    from operators.base import InputSpec
+    from diffraflow.operators.base import InputSpec
 
     with pytest.raises(PipelineError, match="at least 3 bands"):
         op.resolve(InputSpec((1, 1), (60, 60), np.dtype("uint8"), None))
@@ -178,7 +178,7 @@ def test_phase_from_cif_file(tmp_path):
     assert phase.point_group.name == "m-3m" and phase.space_group.number == 225
     assert abs(phase.structure.lattice.a - 0.35236) < 1e-6  # Angstrom in the file, nm in orix
     assert len(phase.expand_asymmetric_unit().structure) == 4
-    from operators.base import InputSpec
+    from diffraflow.operators.base import InputSpec
 
     op = build_operator("hough_index", {"phases": [str(cif)], "pc": list(PC)})
     assert "rotation" in op.resolve(InputSpec((1, 1), (60, 60), np.dtype("uint8"), None))
@@ -189,8 +189,8 @@ def test_phase_from_cif_file(tmp_path):
 
 def test_phase_without_space_group_fails_at_resolve():
     """A deterministic error is refused before any data is read, not retried on every chunk (issue 8)."""
-    from operators.base import InputSpec
-    from schemas.errors import PipelineError
+    from diffraflow.operators.base import InputSpec
+    from diffraflow.schemas.errors import PipelineError
 
     attrs = {"modality": "ebsd", "detector": {"shape": [60, 60], "pc": list(PC)},
              "phases": [{"id": 0, "name": "mystery", "lattice": [0.3, 0.3, 0.3, 90, 90, 90],

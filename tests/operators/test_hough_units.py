@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffraflow.operators.indexing import HoughIndexer
+from diffraflow.operators.indexing.radon import make_radon_plan, radon_block
+from diffraflow.operators.indexing.reflectors import build_reflector_table
+from diffraflow.schemas.errors import BackendUnavailableError, SchemaError
 
-from operators.indexing import HoughIndexer
-from operators.indexing.radon import make_radon_plan, radon_block
-from operators.indexing.reflectors import build_reflector_table
-from schemas.errors import BackendUnavailableError, SchemaError
 from tests.operators.hough_fixtures import (  # noqa: F401 - fixtures
     make_detector,
     ni_detector,
@@ -21,7 +21,7 @@ from tests.operators.hough_fixtures import (  # noqa: F401 - fixtures
 
 # ----------------------------------------------------------------- reflectors
 def test_reflector_families_fcc_bcc():
-    from operators.crystallography import get_phase
+    from diffraflow.operators.crystallography import get_phase
 
     ni = build_reflector_table(get_phase("ni"))
     fe = build_reflector_table(get_phase("fe"))
@@ -33,7 +33,7 @@ def test_reflector_families_fcc_bcc():
 
 
 def test_interplanar_angles_fcc():
-    from operators.crystallography import get_phase
+    from diffraflow.operators.crystallography import get_phase
 
     t = build_reflector_table(get_phase("ni"))
     deg = np.degrees(t.pair_angle)
@@ -48,7 +48,7 @@ def test_interplanar_angles_fcc():
 
 
 def test_ordered_phase_ranks_fundamental_over_superlattice():
-    from operators.crystallography import get_phase
+    from diffraflow.operators.crystallography import get_phase
 
     # L1_2 Ni3Al: the [100] direction is ranked by its strong 200, not weak 100.
     t = build_reflector_table(get_phase("ni3al"))
@@ -59,9 +59,12 @@ def test_ordered_phase_ranks_fundamental_over_superlattice():
 def test_band_normal_is_perpendicular_to_kikuchipy_pixel_directions():
     """A band line's normal is normal to the sample-frame directions kikuchipy
     assigns to the pixels on that line: this pins PC, tilt and axis conventions."""
+    from diffraflow.operators.indexing.geometry import (
+        band_normals,
+        detector_to_sample_matrix,
+        normal_to_line,
+    )
     from kikuchipy.signals.util._master_pattern import _get_direction_cosines_from_detector
-
-    from operators.indexing.geometry import band_normals, detector_to_sample_matrix, normal_to_line
 
     for shape, pc, tilt in [((60, 80), (0.4, 0.3, 0.55), 0.0), ((50, 40), (0.55, 0.2, 0.7), 8.0)]:
         det = make_detector(shape, pc, tilt=tilt, sample_tilt=68.0)
@@ -87,9 +90,8 @@ def test_band_normal_is_perpendicular_to_kikuchipy_pixel_directions():
 
 
 def test_matrix_to_quaternion_matches_orix():
+    from diffraflow.operators.indexing.voting import matrix_to_quaternion
     from orix.quaternion import Rotation
-
-    from operators.indexing.voting import matrix_to_quaternion
 
     rot = random_rotations(50, seed=4)
     q = np.empty(4)
@@ -103,7 +105,7 @@ def test_matrix_to_quaternion_matches_orix():
 # --------------------------------------------------------------------- Radon
 @pytest.mark.parametrize("shape", [(60, 60), (48, 64)])
 def test_radon_peak_of_a_bright_line(shape):
-    from operators.indexing.bands import butterfly_block, butterfly_kernels, find_peaks
+    from diffraflow.operators.indexing.bands import butterfly_block, butterfly_kernels, find_peaks
 
     plan = make_radon_plan(shape, mask_radius=None)
     nrows, ncols = shape
@@ -149,7 +151,7 @@ def test_errors_are_one_line_schema_errors(ni_phase, ni_detector):
 
 
 def test_cuda_forced_without_cuda_raises(ni_phase, ni_detector):
-    from operators.indexing.gpu import cuda_available
+    from diffraflow.operators.indexing.gpu import cuda_available
 
     if cuda_available():
         pytest.skip("a CUDA device is present")
@@ -160,8 +162,8 @@ def test_cuda_forced_without_cuda_raises(ni_phase, ni_detector):
 
 # ------------------------------------------------------------------ chunking
 def test_chunking_independent_and_tables_built_once(ni_phase, ni_detector, ni_dynamical_mp, monkeypatch):
-    from operators.indexing import indexer as indexer_module
-    from operators.indexing.testing import simulate_patterns
+    from diffraflow.operators.indexing import indexer as indexer_module
+    from diffraflow.operators.indexing.testing import simulate_patterns
 
     rot = random_rotations(45, seed=21)
     pats = simulate_patterns(ni_dynamical_mp, rot, ni_detector, dose=30, seed=3).astype(np.uint16)
@@ -182,9 +184,8 @@ def test_chunking_independent_and_tables_built_once(ni_phase, ni_detector, ni_dy
 def test_gpu_image_stages_with_numpy_match_cpu_kernel(ni_phase, ni_dynamical_mp):
     """The CuPy path's array code, run with NumPy/SciPy, equals the numba path."""
     import scipy.ndimage as ndi
-
-    from operators.indexing import gpu
-    from operators.indexing.testing import simulate_patterns
+    from diffraflow.operators.indexing import gpu
+    from diffraflow.operators.indexing.testing import simulate_patterns
 
     det = make_detector((60, 80), (0.45, 0.25, 0.55))
     rot = random_rotations(40, seed=8)
@@ -203,8 +204,8 @@ def test_gpu_image_stages_with_numpy_match_cpu_kernel(ni_phase, ni_dynamical_mp)
 
 def test_match_lut_finds_what_brute_force_finds():
     """The cube-map look-up used in voting misses no reflector within tolerance."""
-    from operators.crystallography import get_phase
-    from operators.indexing.voting import _score, _score_lut, build_match_lut
+    from diffraflow.operators.crystallography import get_phase
+    from diffraflow.operators.indexing.voting import _score, _score_lut, build_match_lut
 
     for name in ("ni", "fe", "cr3si"):
         t = build_reflector_table(get_phase(name))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffraflow.operators.decomposition.incremental_pca import IncrementalPCA
+from diffraflow.schemas.errors import PipelineError
+from diffraflow.schemas.results import PRODUCTS
 from sklearn.decomposition import PCA
 
-from operators.decomposition.incremental_pca import IncrementalPCA
-from schemas.errors import PipelineError
-from schemas.results import PRODUCTS
 from tests.operators.operator_harness import CHUNKINGS, ORDERS, make_cube, run_operator, spec_of
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from diffraflow.operators.decomposition.incremental_pca import IncrementalPCA
 from sklearn.decomposition import PCA
 
-from operators.decomposition.incremental_pca import IncrementalPCA
 from tests.operators.conformance import OperatorConformance, synthetic_frames
 
 

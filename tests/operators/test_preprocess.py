@@ -6,15 +6,15 @@ import pickle
 
 import numpy as np
 import pytest
+from diffraflow.operators.base import build_operator
+from diffraflow.operators.preprocess.binning import BinFrames
+from diffraflow.operators.preprocess.detector_mask import DetectorMask
+from diffraflow.operators.preprocess.dynamic_background import RemoveDynamicBackground
+from diffraflow.operators.preprocess.normalize import Normalize
+from diffraflow.operators.preprocess.static_background import RemoveStaticBackground
+from diffraflow.schemas.errors import PipelineError
 from scipy import ndimage
 
-from operators.base import build_operator
-from operators.preprocess.binning import BinFrames
-from operators.preprocess.detector_mask import DetectorMask
-from operators.preprocess.dynamic_background import RemoveDynamicBackground
-from operators.preprocess.normalize import Normalize
-from operators.preprocess.static_background import RemoveStaticBackground
-from schemas.errors import PipelineError
 from tests.operators.operator_harness import CHUNKINGS, ORDERS, make_cube, run_operator, spec_of
 
 
@@ -290,7 +290,7 @@ def test_bin_frames_names_closest_factor(cube):
 
 
 def test_preprocess_operators_are_registered():
-    from operators.base import list_operators
+    from diffraflow.operators.base import list_operators
 
     names = set(list_operators())
     assert {"remove_static_background", "remove_dynamic_background", "normalize", "detector_mask",

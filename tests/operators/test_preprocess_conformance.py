@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from diffraflow.operators.preprocess.binning import BinFrames
+from diffraflow.operators.preprocess.detector_mask import DetectorMask
+from diffraflow.operators.preprocess.dynamic_background import RemoveDynamicBackground
+from diffraflow.operators.preprocess.normalize import Normalize
+from diffraflow.operators.preprocess.static_background import RemoveStaticBackground
 from scipy import ndimage
 
-from operators.preprocess.binning import BinFrames
-from operators.preprocess.detector_mask import DetectorMask
-from operators.preprocess.dynamic_background import RemoveDynamicBackground
-from operators.preprocess.normalize import Normalize
-from operators.preprocess.static_background import RemoveStaticBackground
 from tests.operators.conformance import OperatorConformance, synthetic_frames
 
 FRAMES = synthetic_frames((5, 7), (8, 10), "uint16", seed=3)
@@ -90,7 +90,8 @@ class TestBinFrames(OperatorConformance):
 
 def test_static_background_reads_cube_variable_through_engine(tmp_path):
     """The engine binds the cube's ``static_background`` variable (one pass, no scan mean)."""
-    from flow.store import create_cube
+    from diffraflow.flow.store import create_cube
+
     from tests.operators.conformance import run_operator
 
     path = tmp_path / "scan.zarr"
@@ -107,9 +108,10 @@ def test_static_background_reads_cube_variable_through_engine(tmp_path):
 
 def test_multi_pass_pipeline_chains_through_engine():
     """scan-mean background (2 passes) -> binning -> PCA (3 passes) + virtual image, on every chunking."""
-    from flow.pipeline import Pipeline
-    from operators.decomposition.incremental_pca import IncrementalPCA
-    from operators.virtual.virtual_image import VirtualImage
+    from diffraflow.flow.pipeline import Pipeline
+    from diffraflow.operators.decomposition.incremental_pca import IncrementalPCA
+    from diffraflow.operators.virtual.virtual_image import VirtualImage
+
     from tests.operators.conformance import check_chunking, check_executors
 
     pipe = Pipeline([RemoveStaticBackground(), BinFrames(factor=2, reduce="mean"),

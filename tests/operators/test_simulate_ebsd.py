@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from operators.simulate.ebsd import simulate_ebsd
-from operators.simulate.grains import misorientation_angle_deg
-from operators.simulate.master_patterns import get_master_pattern, project_patterns
-from operators.simulate.noise import expected_counts
-from schemas.errors import SchemaError
+from diffraflow.operators.simulate.ebsd import simulate_ebsd
+from diffraflow.operators.simulate.grains import misorientation_angle_deg
+from diffraflow.operators.simulate.master_patterns import get_master_pattern, project_patterns
+from diffraflow.operators.simulate.noise import expected_counts
+from diffraflow.schemas.errors import SchemaError
 
 SMALL = dict(det_shape=(20, 24), n_grains=3)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from operators.simulate.grains import (
+from diffraflow.operators.simulate.grains import (
     assign_phases,
     misorientation_angle_deg,
     perturb_quaternions,
@@ -13,7 +12,7 @@ from operators.simulate.grains import (
     random_quaternions,
     voronoi_grain_map,
 )
-from operators.simulate.noise import (
+from diffraflow.operators.simulate.noise import (
     STREAM_NOISE,
     add_counting_noise,
     choose_count_dtype,
@@ -21,7 +20,7 @@ from operators.simulate.noise import (
     smooth_background,
     stream_rng,
 )
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 
 def test_voronoi_assigns_each_point_to_its_nearest_seed():

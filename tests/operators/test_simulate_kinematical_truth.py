@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from operators.crystallography.phases import PHASE_LIBRARY, get_phase, phase_in_angstrom
-from operators.simulate import master_patterns as mpmod
-from operators.simulate.master_patterns import (
+from diffraflow.operators.crystallography.phases import PHASE_LIBRARY, get_phase, phase_in_angstrom
+from diffraflow.operators.simulate import master_patterns as mpmod
+from diffraflow.operators.simulate.master_patterns import (
     MASTER_PATTERN_VERSION,
     cache_path,
     get_master_pattern,
@@ -158,9 +157,9 @@ def test_cache_from_another_version_is_never_read(tmp_path, monkeypatch):
 
 
 def _index_errors(name: str, dose: float | None) -> np.ndarray:
-    from operators.indexing import HoughIndexer
-    from operators.indexing.testing import disorientation_deg
-    from operators.simulate.ebsd import simulate_ebsd
+    from diffraflow.operators.indexing import HoughIndexer
+    from diffraflow.operators.indexing.testing import disorientation_deg
+    from diffraflow.operators.simulate.ebsd import simulate_ebsd
 
     sim = simulate_ebsd((8, 8), det_shape=(60, 60), phases=(name,), n_grains=4, dose=dose, seed=7,
                         master_pattern="kinematical")

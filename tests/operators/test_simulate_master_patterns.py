@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from operators.crystallography.phases import PHASE_LIBRARY
-from operators.simulate import master_patterns as mpmod
-from operators.simulate.master_patterns import (
+from diffraflow.operators.crystallography.phases import PHASE_LIBRARY
+from diffraflow.operators.simulate import master_patterns as mpmod
+from diffraflow.operators.simulate.master_patterns import (
     cache_path,
     get_master_pattern,
     project_patterns,
     resolve_kind,
 )
-from schemas.errors import SchemaError
+from diffraflow.schemas.errors import SchemaError
 
 HALF = 30  # small master patterns keep the whole module to a few seconds
 
@@ -76,8 +75,12 @@ def test_kinematical_pattern_has_cubic_m3m_symmetry(name):
 
 
 def test_structures_give_different_kinematical_patterns():
-    from operators.crystallography.phases import get_phase, phase_from_record, phase_to_record
-    from operators.simulate.master_patterns import kinematical_master_pattern_arrays
+    from diffraflow.operators.crystallography.phases import (
+        get_phase,
+        phase_from_record,
+        phase_to_record,
+    )
+    from diffraflow.operators.simulate.master_patterns import kinematical_master_pattern_arrays
 
     ni = get_master_pattern("ni", kind="kinematical", half_size=HALF).data
     fe = get_master_pattern("fe", kind="kinematical", half_size=HALF).data
@@ -134,8 +137,8 @@ def test_projection_onto_a_non_square_detector():
 
 def test_kinematical_computation_is_reproducible():
     # kikuchipy's band kernel races when run on several numba threads; ours runs it on one.
-    from operators.crystallography.phases import get_phase
-    from operators.simulate.master_patterns import kinematical_master_pattern_arrays
+    from diffraflow.operators.crystallography.phases import get_phase
+    from diffraflow.operators.simulate.master_patterns import kinematical_master_pattern_arrays
 
     phase = get_phase("nial")
     first = kinematical_master_pattern_arrays(phase, 20, 15)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from operators.simulate.sped import bicrystal_loadings, lattice_spots, render_spots, simulate_sped
-from schemas.errors import SchemaError
+from diffraflow.operators.simulate.sped import (
+    bicrystal_loadings,
+    lattice_spots,
+    render_spots,
+    simulate_sped,
+)
+from diffraflow.schemas.errors import SchemaError
 
 
 def test_noise_free_frames_are_loadings_times_factors():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffraflow.operators.base import ChunkContext
+from diffraflow.operators.stats.max_pattern import MaxPattern
+from diffraflow.operators.stats.mean_pattern import MeanPattern
+from diffraflow.schemas.errors import PipelineError
 
-from operators.base import ChunkContext
-from operators.stats.max_pattern import MaxPattern
-from operators.stats.mean_pattern import MeanPattern
-from schemas.errors import PipelineError
 from tests.operators.operator_harness import CHUNKINGS, ORDERS, make_cube, run_operator, spec_of
 
 

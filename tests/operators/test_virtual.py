@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffraflow.operators.base import build_operator
+from diffraflow.operators.virtual._masks import make_plan, virtual_images
+from diffraflow.operators.virtual.annular_dark_field import AnnularDarkField
+from diffraflow.operators.virtual.bright_field import BrightField
+from diffraflow.operators.virtual.virtual_image import VirtualImage
+from diffraflow.schemas.errors import PipelineError
 
-from operators.base import build_operator
-from operators.virtual._masks import make_plan, virtual_images
-from operators.virtual.annular_dark_field import AnnularDarkField
-from operators.virtual.bright_field import BrightField
-from operators.virtual.virtual_image import VirtualImage
-from schemas.errors import PipelineError
 from tests.operators.operator_harness import CHUNKINGS, make_cube, run_operator, spec_of
 
 MASKS = [

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from diffraflow.schemas.chunking import CubeLayout, choose_layout, validate_layout
+from diffraflow.schemas.errors import SchemaError
 from hypothesis import given
 from hypothesis import strategies as st
-
-from schemas.chunking import CubeLayout, choose_layout, validate_layout
-from schemas.errors import SchemaError
 
 
 @given(

@@ -7,8 +7,7 @@ import warnings
 
 import jsonschema
 import pytest
-
-from schemas.cube import (
+from diffraflow.schemas.cube import (
     AssumedValueWarning,
     DetectorGeometry,
     ScanAttrs,
@@ -20,7 +19,7 @@ from schemas.cube import (
     validate_scan_attrs,
     validate_store_marker,
 )
-from schemas.errors import DiffraflowError, SchemaError
+from diffraflow.schemas.errors import DiffraflowError, SchemaError
 
 GOOD = {
     "modality": "ebsd",

@@ -22,11 +22,11 @@ id is also the position in ``phases``; ``-1`` = not indexed), ``fit``,
 ``confidence``, ``pattern_quality`` float32 and ``n_bands`` int32. Missing
 properties are stored as NaN (0 for ``n_bands``).
 
-Like a scan cube, the store is written under a hidden temporary name and
-renamed when complete, so an interrupted writer never leaves a store that
-looks finished. :class:`CrystalMapStoreWriter` writes row blocks as they are
-computed (``diffraflow index`` streams through it);
-:func:`write_crystal_map_store` writes a whole orix ``CrystalMap``.
+Every crystal map is written by the engine's result store: ``diffraflow
+index`` runs a one-step ``hough_index`` pipeline, and
+:func:`write_crystal_map_store` writes an orix ``CrystalMap`` through the
+``crystal_map_import`` operator, so both are resumable, locked and
+checksummed alike.
 
 Examples
 --------
@@ -40,19 +40,20 @@ Examples
 >>> back = read_crystal_map(out)
 >>> back.shape, back.phase_id.tolist()
 ((2, 3), [0, 0, 0, -1, 0, 0])
+>>> MIN_CONFIDENCE
+0.1
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diffraflow.flow.store import TemporaryStoreWriter
-from diffraflow.schemas.cube import ScanAttrs, StoreMarker, validate_scan_attrs
+from diffraflow.operators.indexing.confidence import MIN_CONFIDENCE
+from diffraflow.schemas.cube import ScanAttrs, validate_scan_attrs, validate_store_marker
 from diffraflow.schemas.errors import SchemaError
 from diffraflow.schemas.results import PRODUCTS, validate_result_group
 
@@ -60,7 +61,6 @@ __all__ = [
     "CRYSTAL_MAP_VARIABLES",
     "PROPERTY_ALIASES",
     "MIN_CONFIDENCE",
-    "CrystalMapStoreWriter",
     "apply_min_confidence",
     "count_indexed",
     "header_metadata",
@@ -69,6 +69,7 @@ __all__ = [
     "write_crystal_map_store",
     "read_crystal_map",
     "read_crystal_map_record",
+    "crystal_map_from_results",
 ]
 
 #: Variable names of the crystal-map product, in storage order.
@@ -81,33 +82,10 @@ PROPERTY_ALIASES: dict[str, tuple[str, ...]] = {
     "pattern_quality": ("patternquality", "iq", "imagequality", "bc"),
     "n_bands": ("nbands", "bands"),
 }
-_DTYPES = {"rotation": np.float64, "phase_id": np.int32, "fit": np.float32, "confidence": np.float32,
-           "pattern_quality": np.float32, "n_bands": np.int32}
 _RESERVED = ("product", "operator", "variables", "phases", "step_size", "scan", "properties", "prefix")
 #: Points per chunk of the 2-D variables (the rotation chunk is then 8 MiB).
 _CHUNK_POINTS = 1 << 18
 
-#: Default confidence below which a point with a solution is reported and
-#: exported as not indexed (``--min-confidence``). The store keeps every raw
-#: solution; only summaries, exports and pictures apply the threshold.
-#:
-#: Chosen by measurement (``bench/confidence_threshold.py``): 24 simulated
-#: 20 x 20 Ni scans (dynamical master pattern, 60 x 60 detector, doses 3 to
-#: 200 counts per pixel) Hough-indexed with the right projection centre and
-#: with PCs off by 0.01 to 0.2 or set to (0.5, 0.5, 0.5). Right solutions
-#: (< 5 degrees from the truth) have a median confidence of 0.15 at dose 3,
-#: 0.31 at dose 5 and 0.46 or more from dose 10; wrong ones (> 15 degrees) a
-#: median of 0 to 0.08. With the right PC, 0.10 keeps 99.3 % of the points at
-#: dose 5 and 100 % from dose 10 (79.5 % at dose 3), every one of them right,
-#: and it rejects 80 to 93 % of the wrong solutions: scans indexed with PC
-#: (0.5, 0.5, 0.5) report 7 % indexed instead of 100 %, with PC x off by 0.12
-#: 31 % (their solutions are 13 degrees off), and the issue's case (a scan
-#: with PC x 0.5 indexed with 0.3) 18 %. A threshold of 0.20
-#: rejects 90 to 98 % of wrong solutions but drops 7 % of right points at dose
-#: 5 and 44 % at dose 3. With the default 15 bands the confidence comes in
-#: steps of 1/13: 0.10 asks for a winner at least two votes ahead of the
-#: runner-up (with 9 bands, steps of 1/7: one vote).
-MIN_CONFIDENCE = 0.10
 
 
 def _normalise_name(name: str) -> str:
@@ -241,161 +219,19 @@ def _prop_grid(xmap, name, rows, cols, shape, integer: bool) -> np.ndarray:
     return grid
 
 
-class CrystalMapStoreWriter(TemporaryStoreWriter):
-    """Write a crystal-map result store block by block.
+def _output_name(prop: str, taken: set[str]) -> str:
+    """A result-output name for a crystal-map property (letters, digits, underscores; unique)."""
+    import re
 
-    Parameters
-    ----------
-    path
-        Final ``.zarr`` path; written under ``.NAME.partial-PID`` until
-        :meth:`finalize`.
-    shape
-        ``(scan_y, scan_x)``.
-    phases
-        Phase records (dicts with ``id`` ``0..n-1`` in order), e.g. from
-        :func:`phase_records_from_phase_list`.
-    step_size
-        ``(dy, dx)``, in ``unit``.
-    scan_attrs
-        The source cube's :class:`~diffraflow.schemas.cube.ScanAttrs` (dict or model), kept
-        in the record; its ``step_size`` wins over ``step_size``.
-    operator
-        What produced the map (``"hough_index"``, ``"import"``...).
-    properties
-        Names of extra per-point float maps stored under ``properties/``.
-    overwrite
-        Replace an existing store, once the new one is complete.
-    extra_attrs
-        More entries for the product record (e.g. indexing parameters);
-        reserved keys are refused.
-
-    Examples
-    --------
-    >>> import numpy as np, tempfile, pathlib
-    >>> out = pathlib.Path(tempfile.mkdtemp()) / "w.zarr"
-    >>> w = CrystalMapStoreWriter(out, (2, 2), [{"id": 0, "name": "ni", "point_group": "m-3m"}])
-    >>> w.write_rows(0, {"rotation": np.tile([1.0, 0, 0, 0], (2, 2, 1)), "phase_id": np.zeros((2, 2), int)})
-    >>> w.finalize().name
-    'w.zarr'
-    """
-
-    def __init__(self, path: str | os.PathLike, shape: tuple[int, int], phases: list[dict[str, Any]],
-                 step_size: tuple[float, float] = (1.0, 1.0), unit: str = "um",
-                 scan_attrs: ScanAttrs | Mapping[str, Any] | None = None, operator: str | None = None,
-                 properties: tuple[str, ...] | list[str] = (), overwrite: bool = False,
-                 extra_attrs: Mapping[str, Any] | None = None) -> None:
-        import zarr
-        from diffraflow.flow.store import prepare_output_path
-        from diffraflow.schemas.cube import PhaseRecord
-
-        self.final, self.temp = prepare_output_path(path, overwrite)
-        self.overwrite = overwrite
-        self.where = str(self.final)
-        self.shape = (int(shape[0]), int(shape[1]))
-        if min(self.shape) < 1:
-            raise SchemaError(f"{self.where}: shape", f"empty map shape {list(self.shape)}",
-                              "pass a map with at least one point")
-        records = [PhaseRecord.model_validate(dict(p)).model_dump(mode="json") for p in phases]
-        ids = [r["id"] for r in records]
-        if ids != list(range(len(records))):
-            raise SchemaError(f"{self.where}: phases", f"phase ids must be 0..{len(records) - 1} in order, got {ids}",
-                              "renumber the phases (phase_records_from_phase_list does)")
-        self.n_phases = len(records)
-        scan: dict[str, Any] | None = None
-        if scan_attrs is not None:
-            validated = validate_scan_attrs(scan_attrs if isinstance(scan_attrs, ScanAttrs) else dict(scan_attrs), where=f"{self.where}: scan")
-            scan = validated.model_dump(mode="json")
-            if validated.step_size is not None:  # a scan without a known step keeps the step_size argument
-                step_size, unit = (validated.step_size.y, validated.step_size.x), validated.step_size.unit
-        extra = dict(extra_attrs or {})
-        clash = sorted(set(extra) & set(_RESERVED))
-        if clash:
-            raise SchemaError(f"{self.where}: extra_attrs", f"reserved keys {clash}",
-                              "rename these entries; they are written by the crystal-map writer")
-        self.properties = tuple(properties)
-        record = {
-            "product": "crystal_map",
-            "operator": operator,
-            "variables": list(CRYSTAL_MAP_VARIABLES),
-            "phases": records,
-            "step_size": {"y": float(step_size[0]), "x": float(step_size[1]), "unit": unit},
-            "scan": scan,
-            "properties": list(self.properties),
-            **extra,
-        }
-        if self.temp.exists():
-            shutil.rmtree(self.temp)
-        self.group = zarr.open_group(str(self.temp), mode="w", zarr_format=3)
-        self.group.attrs.update({"diffraflow": StoreMarker(kind="result").model_dump(), "results": {"crystal_map": record}})
-        ny, nx = self.shape
-        rows = int(max(1, min(ny, _CHUNK_POINTS // nx)))
-        self.arrays = {}
-        for name, spec in PRODUCTS["crystal_map"].variables.items():
-            dtype = np.dtype(_DTYPES[name])
-            arr_shape = self.shape + ((4,) if name == "rotation" else ())
-            chunks = (rows, nx) + ((4,) if name == "rotation" else ())
-            fill = np.nan if dtype.kind == "f" and name != "rotation" else (-1 if name == "phase_id" else 0)
-            self.arrays[name] = self.group.create_array(
-                name, shape=arr_shape, chunks=chunks, dtype=dtype, dimension_names=list(spec.dims),
-                fill_value=fill, attributes={"description": spec.description})
-        if self.properties:
-            sub = self.group.create_group("properties")
-            for name in self.properties:
-                self.arrays[f"properties/{name}"] = sub.create_array(
-                    name, shape=self.shape, chunks=(rows, nx), dtype="float32",
-                    dimension_names=["scan_y", "scan_x"], fill_value=np.nan)
-        # Identity rotations where nothing is written.
-        self._finalized = False
-
-    def write_rows(self, y0: int, arrays: Mapping[str, np.ndarray], x0: int = 0) -> None:
-        """Write a block ``[y0:y0+h, x0:x0+w]`` of some or all variables.
-
-        Parameters
-        ----------
-        y0, x0
-            Top-left corner of the block.
-        arrays
-            Variable name (or ``properties/NAME`` or a bare extra property
-            name) to an array of shape ``(h, w)`` (``(h, w, 4)`` for
-            ``rotation``), or flat ``(h*w, ...)`` with ``x0 = 0`` and full rows.
-        """
-        if self._finalized:
-            raise SchemaError(self.where, "store is already finalized", "create a new writer")
-        for name, data in arrays.items():
-            key = name if name in self.arrays else f"properties/{name}"
-            if key not in self.arrays:
-                raise SchemaError(f"{self.where}: {name}", "unknown crystal-map variable",
-                                  f"use one of {', '.join(self.arrays)}")
-            arr = self.arrays[key]
-            data = np.asarray(data)
-            tail = arr.shape[2:]
-            if data.ndim == 1 + len(tail):  # flat points: full rows
-                if data.shape[0] % self.shape[1] or x0:
-                    raise SchemaError(f"{self.where}: {name}", f"{data.shape[0]} flat points are not whole rows "
-                                      f"of {self.shape[1]}", "pass (rows, cols) blocks")
-                data = data.reshape(-1, self.shape[1], *tail)
-            h, w = data.shape[:2]
-            if y0 < 0 or x0 < 0 or y0 + h > self.shape[0] or x0 + w > self.shape[1] or data.shape[2:] != tail:
-                raise SchemaError(f"{self.where}: {name}", f"block {list(data.shape)} at ({y0}, {x0}) does not fit "
-                                  f"the map {list(arr.shape)}", "check the block position and shape")
-            if name == "phase_id":
-                bad = (data < -1) | (data >= self.n_phases)
-                if bad.any():
-                    raise SchemaError(f"{self.where}: phase_id", f"value {int(data[bad].flat[0])} is not a phase id "
-                                      f"(0..{self.n_phases - 1}) or -1", "renumber phase ids with the phase records")
-            arr[y0:y0 + h, x0:x0 + w] = data.astype(arr.dtype, copy=False)
-
-    def finalize(self) -> Path:
-        """Validate, mark complete and move the store to its final name.
-
-        Returns
-        -------
-        pathlib.Path
-            The final store path.
-        """
-        validate_result_group(self.group, where=self.where)
-        self.group.attrs["diffraflow"] = StoreMarker(kind="result", complete=True).model_dump()
-        return self.publish()
+    base = re.sub(r"[^A-Za-z0-9_]", "_", prop).strip("_") or "property"
+    if base[0].isdigit():
+        base = f"p_{base}"
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
 
 
 def write_crystal_map_store(xmap, path: str | os.PathLike, scan_attrs: ScanAttrs | Mapping[str, Any] | None = None,
@@ -403,24 +239,28 @@ def write_crystal_map_store(xmap, path: str | os.PathLike, scan_attrs: ScanAttrs
                             operator: str | None = "import") -> Path:
     """Write an orix ``CrystalMap`` as a diffraflow crystal-map result store.
 
+    The map goes through the engine like every result (one step,
+    ``crystal_map_import``, named ``crystal_map``), so it is written, checked
+    and locked by the same result store as the maps ``hough_index`` computes.
+
     Parameters
     ----------
     xmap
         1-D or 2-D orix ``CrystalMap``. Properties named like ``fit``,
         ``confidence`` (or ``ci``), ``pattern_quality`` (or ``iq``), ``n_bands``
         (see :data:`PROPERTY_ALIASES`) fill those variables; other scalar
-        properties are kept under ``properties/``.
+        properties are kept as extra per-point maps.
     path
         Output ``.zarr`` path.
     scan_attrs
         Scan metadata of the source cube, kept in the product record (its step
         size wins over the map's).
     overwrite
-        Replace an existing store.
+        Replace an earlier diffraflow result store at ``path``.
     extra_attrs
         More entries of the product record.
     operator
-        What produced the map.
+        What produced the map (recorded as ``made_by``).
 
     Returns
     -------
@@ -431,24 +271,47 @@ def write_crystal_map_store(xmap, path: str | os.PathLike, scan_attrs: ScanAttrs
     --------
     >>> # write_crystal_map_store(orix.io.load("map.ang"), "map.zarr")
     """
+    from diffraflow.flow.engine import run_pipeline
+    from diffraflow.flow.pipeline import Pipeline, Step
+    from diffraflow.flow.sources import ArraySource
+    from diffraflow.flow.store import prepare_output_path
+    from diffraflow.operators.indexing.crystal_map_import import CrystalMapImport
+
+    where = str(path)
+    # A map in memory is written whole: an existing store is never "resumed" with other data.
+    prepare_output_path(path, overwrite, kind="result")
     grid = crystal_map_grid(xmap)
     records, mapping = phase_records_from_phase_list(xmap.phases)
     phase_id = grid["phase_id"]
     stored_id = np.full(phase_id.shape, -1, dtype=np.int32)
     for orix_id, new_id in mapping.items():
         stored_id[phase_id == orix_id] = new_id
-    blocks = {"rotation": grid["rotation"], "phase_id": stored_id}
+    arrays: dict[str, Any] = {"rotation": grid["rotation"], "phase_id": stored_id}
     for name in ("fit", "confidence", "pattern_quality", "n_bands"):
         if name in grid:
-            blocks[name] = grid[name]
-    blocks.update(grid["properties"])
-    with CrystalMapStoreWriter(path, stored_id.shape, records, grid["step"], grid["unit"], scan_attrs=scan_attrs,
-                               operator=operator, properties=list(grid["properties"]), overwrite=overwrite,
-                               extra_attrs=extra_attrs) as writer:
-        if "n_bands" not in blocks:
-            blocks["n_bands"] = np.zeros(stored_id.shape, dtype=np.int32)
-        writer.write_rows(0, blocks)
-        return writer.finalize()
+            arrays[name] = grid[name]
+    taken = set(CRYSTAL_MAP_VARIABLES)
+    properties = {prop: _output_name(prop, taken) for prop in grid["properties"]}
+    arrays.update(grid["properties"])
+    step = {"y": float(grid["step"][0]), "x": float(grid["step"][1]), "unit": grid["unit"]}
+    scan: dict[str, Any] | None = None
+    if scan_attrs is not None:
+        validated = validate_scan_attrs(scan_attrs if isinstance(scan_attrs, ScanAttrs) else dict(scan_attrs),
+                                        where=f"{where}: scan")
+        scan = validated.model_dump(mode="json")
+        if validated.step_size is not None:  # a scan without a known step keeps the map's
+            step = {"y": validated.step_size.y, "x": validated.step_size.x, "unit": validated.step_size.unit}
+    extra = dict(extra_attrs or {})
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise SchemaError(f"{where}: extra_attrs", f"reserved keys {clash}",
+                          "rename these entries; they are written by the crystal-map writer")
+    op = CrystalMapImport(phases=tuple(records), step_size=step, scan=scan, properties=properties,
+                          made_by=operator or "import", extra=extra, arrays=arrays)
+    ny, nx = stored_id.shape
+    source = ArraySource(np.zeros((ny, nx, 1, 1), np.uint8), chunk_frames=min(ny * nx, _CHUNK_POINTS))
+    run_pipeline(Pipeline([Step(op, name="crystal_map")]), source, path, overwrite=overwrite, collect=False)
+    return Path(path).expanduser().absolute()
 
 
 def read_crystal_map_record(path: str | os.PathLike, key: str | None = None):
@@ -477,7 +340,7 @@ def read_crystal_map_record(path: str | os.PathLike, key: str | None = None):
     from diffraflow.flow.store import open_group_checked
 
     group = open_group_checked(path)
-    marker = StoreMarker.model_validate(group.attrs["diffraflow"])
+    marker = validate_store_marker(dict(group.attrs["diffraflow"]), str(path))
     if marker.kind != "result":
         raise SchemaError(str(path), f"is a {marker.kind} store, not a crystal map",
                           "pass a result store made by 'diffraflow index' or 'diffraflow run'")
@@ -541,8 +404,13 @@ def read_crystal_map(path: str | os.PathLike, key: str | None = None):
     for name in ("fit", "confidence", "pattern_quality", "n_bands"):
         if name in target:
             prop[name] = np.asarray(target[name][...]).ravel()
-    for name in record.get("properties", []):
-        prop[name] = np.asarray(target["properties"][name][...]).ravel()
+    stored = record.get("properties") or {}
+    if isinstance(stored, dict):  # property name -> output of the step group
+        for name, output in stored.items():
+            prop[name] = np.asarray(target[output][...]).ravel()
+    else:  # stores written before maps went through the engine kept them under properties/
+        for name in stored:
+            prop[name] = np.asarray(target["properties"][name][...]).ravel()
     step = record.get("step_size") or {"y": 1.0, "x": 1.0, "unit": "um"}
     coords, _ = create_coordinate_arrays((ny, nx), (float(step["y"]), float(step["x"])))
     # orix adds a "not_indexed" phase when -1 occurs.
@@ -665,3 +533,42 @@ def header_metadata(record: Mapping[str, Any]) -> dict[str, Any] | None:
         meta["detector"] = {**dict(meta.get("detector") or {}), "pc": list(used["value"]),
                             "pc_convention": used.get("convention", "bruker")}
     return meta
+
+
+def crystal_map_from_results(cube: str | os.PathLike, output: str | os.PathLike | None = None,
+                             params: Mapping[str, Any] | None = None, **run_options: Any):
+    """Hough-index ``cube`` through the one-step ``hough_index`` pipeline and return an orix ``CrystalMap``.
+
+    The same route as ``diffraflow index`` (resumable when ``output`` is a
+    store path); without ``output`` the map is computed in a temporary store
+    that is removed afterwards. ``diffraflow.index`` calls this.
+
+    Parameters
+    ----------
+    cube
+        The EBSD scan cube.
+    output
+        A result store to keep, or None.
+    params
+        Parameters of ``hough_index`` (``phases``, ``pc``, ``n_bands``...).
+    **run_options
+        Passed to :func:`diffraflow.flow.engine.run_pipeline` (``executor``, ``workers``...).
+
+    Examples
+    --------
+    >>> # xmap = crystal_map_from_results("scan.zarr", params={"phases": ["ni"]})
+    """
+    import tempfile
+
+    from diffraflow.flow.engine import run_pipeline
+    from diffraflow.flow.pipeline import Pipeline, Step
+    from diffraflow.operators.base import build_operator
+
+    step = Step(build_operator("hough_index", dict(params or {}), where="diffraflow.index"), name="crystal_map")
+    if output is not None:
+        run_pipeline(Pipeline([step]), cube, output, collect=False, **run_options)
+        return read_crystal_map(output, "crystal_map")
+    with tempfile.TemporaryDirectory(prefix="diffraflow-index-") as folder:
+        store = Path(folder) / "crystal_map.zarr"
+        run_pipeline(Pipeline([step]), cube, store, collect=False, **run_options)
+        return read_crystal_map(store, "crystal_map")

@@ -70,3 +70,14 @@ def test_wheel_holds_only_diffraflow(tmp_path):
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"diffraflow"}
     assert "diffraflow/flow/pipelines/default_ebsd.yaml" in zipfile.ZipFile(wheel).namelist()
+
+
+def test_public_index_returns_a_crystal_map(tmp_path):
+    from diffraflow.flow.cli import main
+
+    import diffraflow
+
+    cube = tmp_path / "scan.zarr"
+    assert main(["simulate", "ebsd", str(cube), "--scan-shape", "3", "4", "--seed", "2"]) == 0
+    xmap = diffraflow.index(str(cube), phases=["ni"])
+    assert xmap.shape == (3, 4) and xmap.phases[0].name == "ni"

@@ -1,41 +1,40 @@
 """``diffraflow index IN.zarr OUT.zarr --phase NAME_OR_CIF``: Hough-index an EBSD cube into a crystal map.
 
-The cube is streamed in blocks of whole scan rows (aligned to its chunks, a
-few thousand patterns each), so memory stays bounded whatever the scan size;
-each block goes through :meth:`diffraflow.operators.indexing.HoughIndexer.index_chunk`
-and is written straight into the crystal-map result store
-(:class:`diffraflow.flow.crystal_map.CrystalMapStoreWriter`), which is renamed to its
-final name only when complete.
+A thin command over a one-step pipeline: the ``hough_index`` operator, in a
+step named ``crystal_map``, run by the engine like any ``diffraflow run``. So
+indexing resumes after a kill (re-run the same command), runs on any executor
+(``--scheduler``), shows the same progress, and writes the same result store
+that ``diffraflow export`` reads. Everything that can be checked without data
+(phases, projection centre, backend, parameters) is checked first: a typo
+fails before a single pattern is read.
 
 The projection centre comes from the cube (per-point variable ``pc`` if
 present, else ``detector.pc``, in ``detector.pc_convention``) unless ``--pc``
-overrides it; the detector's sample tilt, camera tilt and azimuthal angle come
-from the cube metadata. A static background stored in the cube
-(``static_background``) is subtracted unless ``--no-static-background``.
+overrides it; tilts come from the cube metadata. A static background stored
+in the cube (``static_background``) is subtracted unless
+``--no-static-background``.
 
 The store keeps every solution with its confidence. The summary counts as
 indexed only the points whose confidence reaches ``--min-confidence``
-(default :data:`diffraflow.flow.crystal_map.MIN_CONFIDENCE`, chosen by measurement), the
-value ``diffraflow export`` then applies. The numba kernels are compiled (or
-loaded from numba's cache) before the clock starts, with a word when that
-takes long, so the reported rate is the indexing rate.
+(default :data:`diffraflow.operators.indexing.confidence.MIN_CONFIDENCE`,
+chosen by measurement), the value ``diffraflow export`` then applies. The
+numba kernels are compiled (or loaded from numba's cache) before the clock
+starts, with a word when that takes long, so the reported rate is the
+indexing rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
+from diffraflow.flow.cli import positive_float, positive_int
+from diffraflow.flow.executors import DEFAULT_CONNECT_TIMEOUT
 from diffraflow.schemas.cube import PC_CONVENTIONS
-from diffraflow.schemas.errors import SchemaError
 
-#: Patterns handed to the indexer per block (rounded to whole rows of chunks).
-BLOCK_PATTERNS = 4096
-#: Upper bound on the bytes of one block of patterns.
-BLOCK_BYTES = 256 * 2**20
+#: The step name of the crystal map in stores ``diffraflow index`` writes.
+STEP_NAME = "crystal_map"
 
 
 def register(subparsers) -> None:
@@ -46,9 +45,10 @@ def register(subparsers) -> None:
     >>> import argparse; p = argparse.ArgumentParser().add_subparsers(); register(p)
     """
     parser = subparsers.add_parser(
-        "index", help="Hough-index an EBSD scan cube into a crystal map",
+        "index", help="Hough-index an EBSD scan cube into a crystal map (resumable)",
         description="Index every pattern of an EBSD/TKD scan cube by Radon-transform band detection and "
-                    "triplet voting; write a crystal-map result store (export it with 'diffraflow export').")
+                    "triplet voting; write a crystal-map result store (export it with 'diffraflow export'). "
+                    "Re-running the same command resumes an interrupted run.")
     parser.add_argument("input", help="scan cube (.zarr) with EBSD patterns")
     parser.add_argument("output", help="crystal-map result store to write (.zarr)")
     parser.add_argument("--phase", action="append", default=None, metavar="NAME_OR_CIF",
@@ -61,73 +61,75 @@ def register(subparsers) -> None:
                         default="bruker", help="convention of --pc (default bruker)")
     parser.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto",
                         help="compute backend (default auto: CUDA when available)")
-    parser.add_argument("--n-bands", type=int, default=None,
+    parser.add_argument("--n-bands", type=positive_int, default=None,
                         help="bands to detect per pattern (default: the indexer's)")
     parser.add_argument("--min-confidence", type=float, default=None, metavar="CI",
                         help="count (and later export) points whose confidence is below CI as not indexed; the "
                              "store keeps every solution (default 0.10; 0 counts every solution)")
     parser.add_argument("--static-background", action=argparse.BooleanOptionalAction, default=True,
                         help="subtract the cube's static_background variable when present (default yes)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--scheduler", default="threads",
+                        help="inline, threads (default), local (a dask LocalCluster) or tcp://host:port")
+    parser.add_argument("--workers", type=positive_int, default=None, help="threads, or local-cluster workers")
+    parser.add_argument("--chunk-frames", type=positive_int, default=None,
+                        help="patterns per chunk task (default: the cube's chunks)")
+    parser.add_argument("--connect-timeout", type=positive_float, default=DEFAULT_CONNECT_TIMEOUT, metavar="S",
+                        help=f"seconds a scheduler address has to answer (default {DEFAULT_CONNECT_TIMEOUT:g})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier result store at OUT instead of resuming it")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.add_argument("--png", action="store_true",
                         help="also write OUT_ipf.png, OUT_confidence.png, OUT_fit.png, OUT_phase.png")
     parser.set_defaults(func=run)
 
 
-def _phase_list(args, scan, where: str):
-    from diffraflow.operators.crystallography.phases import get_phase, phase_from_record
-    from orix.crystal_map import PhaseList
+def step_backend(choice: str) -> str:
+    """The pipeline backend for ``--backend``: ``cupy`` for cuda, ``numpy`` for cpu; auto picks CUDA when present.
 
+    Examples
+    --------
+    >>> step_backend("cpu")
+    'numpy'
+    """
+    from diffraflow.schemas.backends import backend_available
+
+    if choice == "auto":
+        return "cupy" if backend_available("cupy") else "numpy"
+    return "cupy" if choice == "cuda" else "numpy"
+
+
+def index_pipeline(args):
+    """The one-step pipeline ``diffraflow index`` runs, built (and its parameters checked) from the arguments.
+
+    Examples
+    --------
+    >>> ns = argparse.Namespace(phase=["ni"], pc=None, pc_convention="bruker", backend="cpu", n_bands=None,
+    ...                         min_confidence=None, static_background=True)
+    >>> index_pipeline(ns).to_dict()["steps"][0]["name"]
+    'crystal_map'
+    """
+    from diffraflow.flow.commands.export import check_min_confidence
+    from diffraflow.flow.pipeline import Pipeline, Step
+    from diffraflow.operators.base import build_operator
+    from diffraflow.schemas.cube import check_projection_centre
+
+    check_min_confidence(args.min_confidence)
+    params: dict = {"use_static_background": bool(args.static_background)}
     if args.phase:
-        phases = [get_phase(name) for name in args.phase]
-    elif scan.phases:
-        phases = [phase_from_record(p.model_dump()) for p in scan.phases]
-    else:
-        raise SchemaError(f"{where}: phases", "no phase given and the cube metadata lists none",
-                          "pass --phase NAME_OR_CIF (e.g. --phase ni), once per phase")
-    names = [p.name for p in phases]
-    if len(set(names)) != len(names):
-        raise SchemaError("--phase", f"phase names repeat: {names}", "give each phase once")
-    return PhaseList(phases={i: phase for i, phase in enumerate(phases)})
+        if len(set(args.phase)) != len(args.phase):
+            from diffraflow.schemas.errors import SchemaError
 
-
-def _projection_centre(args, ds, scan, where: str) -> tuple[np.ndarray, str, str]:
-    """``(pc, convention, source)``; pc is (3,) or (ny, nx, 3)."""
-    det = scan.detector
+            raise SchemaError("--phase", f"phase names repeat: {args.phase}", "give each phase once")
+        params["phases"] = list(args.phase)
     if args.pc is not None:
-        return np.asarray(args.pc, dtype=float), args.pc_convention, "--pc"
-    if "pc" in ds.variables:
-        pc = np.asarray(ds["pc"].values, dtype=float)
-        convention = ds["pc"].attrs.get("convention", det.pc_convention)
-        if pc.shape == (*ds["patterns"].shape[:2], 3):
-            return pc, convention, "cube variable pc (per point)"
-    if det.pc is not None:
-        return np.asarray(det.pc, dtype=float), det.pc_convention, "cube detector.pc"
-    raise SchemaError(f"{where}: detector.pc", "projection centre is unknown (the cube has no detector.pc or pc "
-                      "variable)", "pass --pc X Y Z [--pc-convention bruker|edax|tsl|oxford|emsoft]")
-
-
-def _block_rows(shape: tuple[int, ...], chunk_rows: int, itemsize: int) -> int:
-    ny, nx, sy, sx = shape
-    per_row = nx * sy * sx * itemsize
-    rows = max(1, BLOCK_PATTERNS // max(1, nx))
-    rows = min(rows, max(1, BLOCK_BYTES // max(1, per_row)))
-    if rows >= chunk_rows:
-        rows -= rows % chunk_rows  # whole chunks of rows
-    return int(min(ny, max(1, rows)))
-
-
-def _geq() -> str:
-    """``≥`` where the terminal can print it, else ``>=``."""
-    try:
-        "≥".encode(sys.stdout.encoding or "ascii")
-    except (UnicodeEncodeError, LookupError):
-        return ">="
-    return "≥"
-
-
-def _say(message: str) -> None:
-    print(f"{message}...", file=sys.stderr, flush=True)
+        params["pc"] = list(check_projection_centre(args.pc, args.pc_convention, "--pc"))
+        params["pc_convention"] = args.pc_convention
+    if args.n_bands is not None:
+        params["n_bands"] = args.n_bands
+    if args.min_confidence is not None:
+        params["min_confidence"] = float(args.min_confidence)
+    op = build_operator("hough_index", params, where="diffraflow index")
+    return Pipeline([Step(op, name=STEP_NAME, backend=step_backend(args.backend))])
 
 
 def summary_line(path, n_indexed: int, n_below: int, n: int, min_confidence: float, phases: str, backend: str,
@@ -145,108 +147,70 @@ def summary_line(path, n_indexed: int, n_below: int, n: int, min_confidence: flo
             f"({n / max(seconds, 1e-9):.0f} patterns/s)")
 
 
+def _geq() -> str:
+    """``≥`` where the terminal can print it, else ``>=``."""
+    try:
+        "≥".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return ">="
+    return "≥"
+
+
 def run(args) -> int:
-    from diffraflow.flow.commands.export import check_min_confidence
-    from diffraflow.flow.crystal_map import (
-        MIN_CONFIDENCE,
-        CrystalMapStoreWriter,
-        count_indexed,
-        phase_records_from_phase_list,
-    )
+    from diffraflow.flow.crystal_map import count_indexed, read_crystal_map, read_crystal_map_record
+    from diffraflow.flow.engine import run_pipeline
     from diffraflow.flow.exporters._common import check_output
     from diffraflow.flow.plots_crystal import png_paths
-    from diffraflow.flow.store import open_cube, prepare_output_path
-    from diffraflow.operators.indexing import HoughIndexer
-    from diffraflow.schemas.cube import ebsd_geometry, validate_scan_attrs
-    from kikuchipy.detectors import EBSDDetector
-    from tqdm import tqdm
+    from diffraflow.flow.store import check_not_an_input, prepare_output_path
 
-    where = str(args.input)
-    check_min_confidence(args.min_confidence)
-    min_confidence = MIN_CONFIDENCE if args.min_confidence is None else float(args.min_confidence)
-    out_final, _ = prepare_output_path(args.output, args.overwrite)  # fail before any work
-    base = out_final.with_suffix("") if out_final.suffix == ".zarr" else out_final
+    pipeline = index_pipeline(args)  # parameters checked before anything else
+    check_not_an_input(args.output, [args.input])
+    if args.overwrite:  # refuse a non-replaceable output before the kernels compile
+        prepare_output_path(args.output, overwrite=True, inputs=[args.input])
+    base = _picture_base(args.output)
     if args.png:
         for path in png_paths(base).values():
             check_output(path, args.overwrite)
-    ds = open_cube(args.input, chunks=None)  # lazy, no dask: blocks are read on demand
-    scan = validate_scan_attrs(ds.attrs["scan"], where=where)
-    if scan.modality not in ("ebsd", "tkd"):
-        raise SchemaError(f"{where}: modality", f"cannot Hough-index a {scan.modality} scan",
-                          "index EBSD or TKD cubes only")
-    patterns = ds["patterns"]
-    ny, nx, sy, sx = (int(s) for s in patterns.shape)
-    phase_list = _phase_list(args, scan, where)
-    pc, convention, pc_source = _projection_centre(args, ds, scan, where)
-    det = scan.detector
-    detector = EBSDDetector(shape=(sy, sx), pc=pc, convention=convention,
-                            **ebsd_geometry(det))  # tilts the cube does not know: 70/0 deg, with a warning
-    background = None
-    if args.static_background and "static_background" in ds.variables:
-        background = np.asarray(ds["static_background"].values, dtype=np.float32)
-        if background.shape != (sy, sx):
-            background = None
-    options: dict = {"backend": args.backend, "static_background": background}
-    if args.n_bands is not None:
-        options["n_bands"] = args.n_bands
-    indexer = HoughIndexer(phase_list, detector, **options)
-    per_point_pc = np.asarray(pc).ndim == 3
-    records, mapping = phase_records_from_phase_list(phase_list)
-    if mapping != {i: i for i in range(len(records))}:  # built with ids 0..n-1 above
-        raise AssertionError(f"unexpected phase ids {mapping}")
-    pc_used = np.asarray(pc).reshape(-1, 3).mean(axis=0).round(6).tolist()
-    extra = {
-        "source": str(Path(args.input).absolute()),
-        "projection_centre": {"value": pc_used,
-                              "convention": convention, "source": pc_source, "per_point": bool(per_point_pc)},
-        "indexer": {"class": "diffraflow.operators.indexing.HoughIndexer", "backend": indexer.backend,
-                    **{k: v for k, v in indexer.options.items() if k != "backend"},
-                    "static_background": background is not None},
-        "min_confidence": min_confidence,
-    }
-    stored = patterns.encoding.get("shards") or patterns.encoding.get("chunks") or (1,)
-    chunk_rows = int(stored[0])
-    rows = _block_rows((ny, nx, sy, sx), chunk_rows, patterns.dtype.itemsize)
-    compile_seconds = indexer.warm_up(patterns.dtype, notify=_say)  # before the clock: rates leave it out
-    if compile_seconds is not None:
-        print(f"compiled the kernels in {compile_seconds:.0f} s; later runs load them from numba's cache",
-              file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    n_indexed = n_below = 0
-    with CrystalMapStoreWriter(args.output, (ny, nx), records, scan_attrs=scan, operator="hough_index",
-                               overwrite=args.overwrite, extra_attrs=extra) as writer, \
-            tqdm(total=ny * nx, unit="pat", desc="indexing", disable=None, leave=False) as bar:
-        for y0 in range(0, ny, rows):
-            y1 = min(ny, y0 + rows)
-            block = np.asarray(patterns.isel(scan_y=slice(y0, y1)).values)
-            flat = block.reshape(-1, sy, sx)
-            nav = np.arange(y0 * nx, y1 * nx) if per_point_pc else None
-            result = indexer.index_chunk(flat, nav_indices=nav)
-            counts = count_indexed(result["phase_id"], result["confidence"], min_confidence)
-            n_indexed, n_below = n_indexed + counts[0], n_below + counts[1]
-            writer.write_rows(y0, {
-                "rotation": result["quaternion"],
-                "phase_id": result["phase_id"],
-                "fit": result["fit"],
-                "confidence": result["confidence"],
-                "pattern_quality": result["pattern_quality"],
-                "n_bands": result["n_bands"],
-            })
-            bar.update(flat.shape[0])
-        path = writer.finalize()
-    seconds = time.perf_counter() - start
-    n = ny * nx
-    print(summary_line(path, n_indexed, n_below, n, min_confidence, ", ".join(p.name for _, p in phase_list),
-                       indexer.backend, seconds))
+
+    def on_start(executor, plan, sink) -> None:
+        if getattr(sink, "resumed", False):
+            print(f"resuming {sink.path}", file=sys.stderr)
+        if executor.dashboard_link:
+            print(f"dask dashboard: {executor.dashboard_link}", file=sys.stderr)
+
+    report = run_pipeline(pipeline, args.input, args.output, executor=args.scheduler, workers=args.workers,
+                          chunk_frames=args.chunk_frames, overwrite=args.overwrite, progress=not args.quiet,
+                          collect=False, on_start=on_start, connect_timeout=args.connect_timeout)
+    if report.warmup_seconds >= 1:
+        print(f"compiled the kernels in {report.warmup_seconds:.0f} s; later runs load them from numba's cache",
+              file=sys.stderr)
+    group, _, record = read_crystal_map_record(report.output, STEP_NAME)
+    target = group[record["prefix"]] if record.get("prefix") else group
+    phase_id, confidence = np.asarray(target["phase_id"][...]), np.asarray(target["confidence"][...])
+    min_confidence = float(record.get("min_confidence", pipeline.steps[0].op.min_confidence))
+    n_indexed, n_below = count_indexed(phase_id, confidence, min_confidence)
+    phases = ", ".join(p["name"] for p in record.get("phases", []))
+    backend = "cuda" if pipeline.steps[0].backend == "cupy" else "cpu"
+    if report.already_complete:
+        print(f"{report.output}: already complete (re-run with --overwrite to index again)")
+    print(summary_line(report.output, n_indexed, n_below, phase_id.size, min_confidence, phases, backend,
+                       report.seconds))
     if n_below > n_indexed:
+        pc = (record.get("projection_centre") or {})
         print(f"most solutions have a confidence below {min_confidence:.2f}: check the projection centre "
-              f"(used {pc_used}, {convention}; set it with --pc) and the phases",
+              f"(used {pc.get('value')}, {pc.get('convention')}; set it with --pc) and the phases",
               file=sys.stderr)
     if args.png:
-        from diffraflow.flow.crystal_map import read_crystal_map
         from diffraflow.flow.plots_crystal import write_crystal_map_pngs
 
-        for picture in write_crystal_map_pngs(read_crystal_map(path), base, overwrite=args.overwrite,
-                                              min_confidence=min_confidence):
+        for picture in write_crystal_map_pngs(read_crystal_map(report.output, STEP_NAME), base,
+                                              overwrite=args.overwrite, min_confidence=min_confidence):
             print(picture)
     return 0
+
+
+def _picture_base(output: str):
+    from pathlib import Path
+
+    final = Path(output).expanduser().absolute()
+    return final.with_suffix("") if final.suffix == ".zarr" else final

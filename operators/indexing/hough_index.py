@@ -42,6 +42,7 @@ from diffraflow.operators.base import (
     param,
     register_operator,
 )
+from diffraflow.operators.indexing.confidence import MIN_CONFIDENCE
 from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["HoughIndex"]
@@ -75,6 +76,8 @@ class HoughIndex(Operator):
     n_bands: int | None = param(None, doc="bands detected per pattern (default: the indexer's, 15)")
     use_static_background: bool = param(True, doc="subtract the cube's static_background variable when present")
     dynamic_background: bool = param(False, doc="also remove a fitted quadratic surface from each pattern")
+    min_confidence: float = param(MIN_CONFIDENCE, doc="solutions below this confidence are reported and exported "
+                                  "as not indexed (the store keeps them all); 0 keeps every solution")
     static_background: Any = internal_field()
     per_point_pc: Any = internal_field()
 
@@ -127,7 +130,8 @@ class HoughIndex(Operator):
             return tuple(detector.get("pc") or (0.5, 0.5, 0.5)), convention
         if detector.get("pc") is None:
             raise PipelineError(f"{self.name}.pc", "the projection centre is unknown (the cube has no "
-                                "detector.pc or pc variable)", "set pc: [x, y, z] and pc_convention")
+                                "detector.pc or pc variable)", "pass --pc X Y Z (or set pc: [x, y, z] and pc_convention in "
+                                "the pipeline step)")
         return tuple(detector["pc"]), detector.get("pc_convention", "bruker")
 
     def resolve(self, spec: InputSpec) -> dict[str, OutputSpec]:
@@ -137,6 +141,9 @@ class HoughIndex(Operator):
             raise PipelineError(self.name, f"cannot Hough-index a {modality} scan", "index EBSD or TKD cubes only")
         if len(spec.det_shape) != 2:
             raise PipelineError(self.name, f"frames must be 2-D, got {spec.det_shape}", "index detector frames")
+        if not 0 <= self.min_confidence <= 1:
+            raise PipelineError(f"{self.name}.min_confidence", f"must lie in [0, 1], got {self.min_confidence}",
+                                f"use e.g. {MIN_CONFIDENCE} (the default), or 0 to keep every solution")
         if self.n_bands is not None and self.n_bands < 3:
             raise PipelineError(f"{self.name}.n_bands", f"need at least 3 bands, got {self.n_bands}", "use 6 to 12")
         self._phase_list(spec)
@@ -174,9 +181,12 @@ class HoughIndex(Operator):
         if self.pc is None and self.per_point_pc is not None:
             pc = tuple(np.asarray(self.per_point_pc[...], dtype=np.float64).reshape(-1, 3).mean(axis=0))
             source = "cube variable pc (per point)"
+        step = (spec.attrs or {}).get("step_size")
         return {
             "phases": [{**phase_to_record(phase), "id": int(i)} for i, phase in phase_list],
             "scan": dict(spec.attrs) if spec.attrs else None,
+            "step_size": dict(step) if step else None,
+            "min_confidence": float(self.min_confidence),
             "projection_centre": {"value": [round(float(v), 6) for v in pc], "convention": convention,
                                   "source": source, "per_point": self.pc is None and self.per_point_pc is not None},
         }

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import zarr
 from diffraflow.flow.crystal_map import (
-    CrystalMapStoreWriter,
     crystal_map_grid,
     read_crystal_map,
     read_crystal_map_record,
@@ -38,13 +37,14 @@ def test_store_layout_marker_and_schema(tmp_path):
     group = zarr.open_group(str(out), mode="r")
     assert group.attrs["diffraflow"] == {"format_version": 1, "kind": "result", "complete": True}
     record = group.attrs["results"]["crystal_map"]
-    assert record["product"] == "crystal_map" and record["operator"] == "import"
+    assert record["product"] == "crystal_map" and record["made_by"] == "import"
+    assert record["operator"] == "crystal_map_import" and record["prefix"] == "crystal_map"
     assert [p["id"] for p in record["phases"]] == [0, 1]
     assert record["phases"][0]["lattice"][0] == pytest.approx(0.35236)  # nm
     assert record["step_size"] == {"y": 1.5, "x": 0.5, "unit": "um"}
     assert record["note"] == "hand made"
-    assert tuple(group["rotation"].metadata.dimension_names) == ("scan_y", "scan_x", "quat")
-    assert tuple(group["phase_id"].metadata.dimension_names) == ("scan_y", "scan_x")
+    assert tuple(group["crystal_map/rotation"].metadata.dimension_names) == ("scan_y", "scan_x", "quat")
+    assert tuple(group["crystal_map/phase_id"].metadata.dimension_names) == ("scan_y", "scan_x")
     assert validate_store(out)["products"] == ["crystal_map"]
     assert not list(tmp_path.glob(".*partial*"))
 
@@ -88,31 +88,32 @@ def test_extra_properties_sliced_and_1d_maps(tmp_path):
     np.testing.assert_array_equal(back.prop["detector_signal"][back.phase_id >= 0], np.arange(24)[keep])
     line = CrystalMap(Rotation.identity(5))
     stored = write_crystal_map_store(line, tmp_path / "l.zarr")
-    assert zarr.open_group(str(stored), mode="r")["phase_id"].shape == (1, 5)
+    assert zarr.open_group(str(stored), mode="r")["crystal_map/phase_id"].shape == (1, 5)
     assert read_crystal_map(stored).size == 5
     assert crystal_map_grid(line)["step"] == (1.0, 1.0)
 
 
-def test_writer_streams_blocks_and_partial_store_is_never_complete(tmp_path):
-    out = tmp_path / "w.zarr"
-    records = [{"id": 0, "name": "ni", "space_group": 225, "lattice": [0.352, 0.352, 0.352, 90, 90, 90]}]
-    with CrystalMapStoreWriter(out, (3, 4), records, step_size=(2.0, 2.0), operator="test") as writer:
-        for y0 in range(3):
-            writer.write_rows(y0, {"rotation": np.tile([1.0, 0, 0, 0], (4, 1)), "phase_id": np.zeros(4, int),
-                                   "confidence": np.full(4, 0.5 + y0 / 10)})
-            assert not out.exists()  # only the hidden partial store exists while writing
-        writer.finalize()
-    back = read_crystal_map(out)
-    np.testing.assert_allclose(back.prop["confidence"].reshape(3, 4)[:, 0], [0.5, 0.6, 0.7])
-    assert np.isnan(back.prop["fit"]).all() and (back.prop["n_bands"] == 0).all()
+def test_a_write_that_fails_leaves_a_store_never_read_as_complete(tmp_path, monkeypatch):
+    from diffraflow.operators.indexing.crystal_map_import import CrystalMapImport
+    from diffraflow.schemas.errors import ChunkFailedError, IncompleteStoreError
 
+    original = CrystalMapImport.process
 
-def test_writer_abort_on_error_leaves_nothing(tmp_path):
+    def fail_late(self, frames, ctx):
+        if ctx.flat_start > 0:
+            raise OSError("disk went away")
+        return original(self, frames, ctx)
+
+    monkeypatch.setattr(CrystalMapImport, "process", fail_late)
+    monkeypatch.setattr("diffraflow.flow.crystal_map._CHUNK_POINTS", 7)
     out = tmp_path / "w.zarr"
-    with pytest.raises(SchemaError, match="phase_id: value 3 is not a phase id"):
-        with CrystalMapStoreWriter(out, (1, 2), [{"id": 0, "name": "ni"}]) as writer:
-            writer.write_rows(0, {"phase_id": np.array([[0, 3]])})
-    assert not out.exists() and not list(tmp_path.iterdir())
+    with pytest.raises(ChunkFailedError):
+        write_crystal_map_store(make_xmap((5, 7)), out)
+    with pytest.raises(IncompleteStoreError):
+        read_crystal_map(out)
+    monkeypatch.setattr(CrystalMapImport, "process", original)
+    write_crystal_map_store(make_xmap((5, 7)), out, overwrite=True)
+    assert read_crystal_map(out).shape == (5, 7)
 
 
 def test_overwrite_rules(tmp_path):

@@ -50,13 +50,12 @@ def _err(capsys) -> str:
 
 
 def test_index_streams_blocks_and_matches_truth(cubes, tmp_path, monkeypatch, capsys):
-    import diffraflow.flow.commands.index as index_command
     from orix.quaternion import Orientation
 
-    monkeypatch.setattr(index_command, "BLOCK_PATTERNS", 2 * SCAN[1])  # three blocks of two rows
     root, sim = cubes
     out = tmp_path / "cm.zarr"
-    assert main(["index", str(root / "scan.zarr"), str(out), "--phase", "ni", "--backend", "cpu"]) == 0
+    assert main(["index", str(root / "scan.zarr"), str(out), "--phase", "ni", "--backend", "cpu",
+                 "--chunk-frames", str(2 * SCAN[1])]) == 0  # three chunks of two rows
     assert "indexed" in capsys.readouterr().out
     xmap = read_crystal_map(out)
     assert xmap.shape == SCAN and (xmap.dy, xmap.dx) == (2.0, 1.0)
@@ -106,7 +105,7 @@ def test_index_missing_pc(cubes, tmp_path, capsys):
     assert main(["index", str(root / "scan_nopc.zarr"), str(out), "--phase", "ni", "--pc", *pc,
                  "--pc-convention", "bruker", "--backend", "cpu"]) == 0
     _, _, record = read_crystal_map_record(out)
-    assert record["projection_centre"]["source"] == "--pc"
+    assert record["projection_centre"]["source"] == "pc parameter"
 
 
 def test_index_png_and_overwrite(cubes, tmp_path, capsys):
@@ -192,10 +191,13 @@ def test_compile_message_before_compiling_and_rate_without_it(cubes, tmp_path, m
 
     monkeypatch.setattr(HoughIndexer, "kernels_cached", lambda self, dtype=None: False)
     monkeypatch.setattr(HoughIndexer, "index_chunk", slow_index_chunk)
-    import diffraflow.flow.commands.index as index_command
+    from diffraflow.flow.notices import set_receiver
 
-    monkeypatch.setattr(index_command, "_say", lambda message: events.append(message))
-    assert main(["index", str(cubes[0] / "scan.zarr"), str(tmp_path / "cm.zarr"), "--backend", "cpu"]) == 0
+    previous = set_receiver(events.append)
+    try:
+        assert main(["index", str(cubes[0] / "scan.zarr"), str(tmp_path / "cm.zarr"), "--backend", "cpu"]) == 0
+    finally:
+        set_receiver(previous)
     assert events[:2] == [COMPILE_MESSAGE, "index"], events  # said before the first kernel call
     captured = capsys.readouterr()
     assert "compiled the kernels in" in captured.err
@@ -207,3 +209,82 @@ def test_no_compile_message_when_cached(cubes, tmp_path, capsys):
     root, _ = cubes
     assert main(["index", str(root / "scan.zarr"), str(tmp_path / "cm.zarr"), "--backend", "cpu"]) == 0
     assert "compiling" not in capsys.readouterr().err
+
+
+SLOW_INDEX = """
+import sys, time
+from diffraflow.operators.indexing.indexer import HoughIndexer
+from diffraflow.flow.cli import main
+original = HoughIndexer.index_chunk
+def slow(self, *args, **kwargs):
+    time.sleep(0.1)
+    return original(self, *args, **kwargs)
+HoughIndexer.index_chunk = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_index_resumes_after_sigkill(cubes, tmp_path):
+    """A killed ``diffraflow index`` re-run with the same command skips what was done and ends identical."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = cubes
+    args = ["index", str(root / "scan.zarr"), str(tmp_path / "cm.zarr"), "--phase", "ni", "--backend", "cpu",
+            "--scheduler", "inline", "--chunk-frames", "1", "-q"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_INDEX, *args], stderr=subprocess.PIPE, text=True)
+    progress = tmp_path / "cm.zarr" / "_progress" / "round0"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if progress.exists() and len(list(progress.glob("*.done"))) >= 8:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(progress.glob("*.done")))
+    assert 8 <= done_before < SCAN[0] * SCAN[1]
+    rerun = subprocess.run([sys.executable, "-m", "diffraflow", *args], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr
+    full = tmp_path / "full.zarr"
+    assert main(["index", str(root / "scan.zarr"), str(full), "--phase", "ni", "--backend", "cpu", "-q"]) == 0
+    resumed, uninterrupted = read_crystal_map(tmp_path / "cm.zarr"), read_crystal_map(full)
+    np.testing.assert_array_equal(resumed.rotations.data, uninterrupted.rotations.data)
+    np.testing.assert_array_equal(resumed.phase_id, uninterrupted.phase_id)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--phase", "nii"], "unknown phase"),
+    (["--backend", "cuda"], "needs"),
+    (["--n-bands", "2"], "at least 3 bands"),
+    (["--pc", "5", "0.2", "0.5"], "--pc"),
+])
+def test_index_refuses_bad_input_before_reading_data(cubes, tmp_path, capsys, monkeypatch, argv, words):
+    from diffraflow.schemas.backends import backend_available
+
+    if argv[:2] == ["--backend", "cuda"] and backend_available("cupy"):
+        pytest.skip("a CUDA device is present here, so 'cuda' is a valid backend")
+    from diffraflow.flow.sources import ZarrCubeSource
+
+    def no_reads(self, region):
+        raise AssertionError("a frame was read")
+
+    monkeypatch.setattr(ZarrCubeSource, "read", no_reads)
+    out = tmp_path / "cm.zarr"
+    assert main(["index", str(cubes[0] / "scan.zarr"), str(out), *argv]) == 2
+    assert words in _err(capsys)
+    assert not out.exists()
+
+
+def test_index_without_any_phase_fails_first(tmp_path, capsys):
+    from diffraflow.flow.store import create_cube
+
+    cube = tmp_path / "nophase.zarr"
+    with create_cube(cube, scan_shape=(1, 2), det_shape=(60, 60), dtype="uint8",
+                     attrs={"modality": "ebsd", "detector": {"shape": [60, 60], "pc": [0.4, 0.2, 0.5]}}) as w:
+        w.patterns.append(np.zeros((2, 60, 60), "uint8"))
+        w.finalize()
+    assert main(["index", str(cube), str(tmp_path / "cm.zarr")]) == 2
+    assert "no phases given" in _err(capsys)

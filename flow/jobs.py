@@ -71,12 +71,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 from diffraflow.operators.base import (
-    _jsonable,
-    _matches,
-    _type_hints,
-    _type_name,
+    describe_type,
+    jsonable,
+    matches_annotation,
     operator_parameters,
     param,
+    type_hints,
 )
 from diffraflow.schemas.errors import PipelineError
 
@@ -259,7 +259,7 @@ def _jsonable_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in metrics.items():
         if type(value).__module__.startswith("torch"):
             value = value.detach().cpu().numpy()
-        value = _jsonable(value)
+        value = jsonable(value)
         out[str(key)] = float(value) if isinstance(value, float) else value
     return out
 
@@ -301,7 +301,7 @@ class Job:
                 close = difflib.get_close_matches(str(key), list(declared), n=1)
                 fix = f"did you mean {close[0]!r}?" if close else f"valid parameters: {', '.join(declared) or 'none'}"
                 raise PipelineError(label, f"unknown parameter {key!r}", fix)
-        hints = _type_hints(cls)
+        hints = type_hints(cls)
         for key, spec in declared.items():
             if spec["required"] and key not in params:
                 raise PipelineError(label, f"missing required parameter {key!r}", f"add '{key}: ...' ({spec['doc']})")
@@ -312,9 +312,9 @@ class Job:
                 raise PipelineError(f"{label}.{key}", f"{value!r} is not one of {list(spec['choices'])}",
                                     f"use one of {', '.join(map(str, spec['choices']))}")
             expected = hints.get(key)
-            if expected is not None and not _matches(value, expected):
-                raise PipelineError(f"{label}.{key}", f"expected {_type_name(expected)}, got {value!r}",
-                                    f"give {key} as {_type_name(expected)} ({spec['doc']})")
+            if expected is not None and not matches_annotation(value, expected):
+                raise PipelineError(f"{label}.{key}", f"expected {describe_type(expected)}, got {value!r}",
+                                    f"give {key} as {describe_type(expected)} ({spec['doc']})")
         job = cls(**params)
         job.validate(label)
         return job
@@ -336,7 +336,7 @@ class Job:
         >>> Job().params()
         {}
         """
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     # -- declared behaviour -------------------------------------------------------
     def variables(self) -> tuple[str, ...]:

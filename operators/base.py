@@ -70,6 +70,10 @@ __all__ = [
     "NextPass",
     "LastPass",
     "file_sha256",
+    "jsonable",
+    "matches_annotation",
+    "describe_type",
+    "type_hints",
     "OutputKind",
     "InputSpec",
     "OutputSpec",
@@ -419,7 +423,7 @@ class Operator:
         >>> Operator().params()
         {}
         """
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
                 if not f.metadata.get("internal")}
 
     def token(self) -> str:
@@ -453,18 +457,35 @@ _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: str) -> str:
-    """SHA-256 of a file's content, cached by path, size and modification time.
+    """SHA-256 of a file's content (or a directory's), cached by path, size and modification time.
 
-    A missing file hashes to ``"missing"`` (the operator's ``resolve``
-    reports it with a proper error).
+    A directory (a model artefact, say) hashes its ``manifest.json`` when it
+    has one (the manifest lists every file's own hash), else every file in
+    it, in path order, names included. A missing path hashes to
+    ``"missing"`` (the operator's ``resolve`` reports it with a proper error).
 
     Examples
     --------
     >>> file_sha256("/no/such/file")
     'missing'
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp()); _ = (folder / "w.bin").write_bytes(b"1")
+    >>> len(file_sha256(str(folder)))
+    64
     """
     import os
+    from pathlib import Path
 
+    target = Path(path)
+    if target.is_dir():
+        manifest = target / "manifest.json"
+        if manifest.is_file():
+            return file_sha256(str(manifest))
+        digest = hashlib.sha256()
+        for item in sorted(p for p in target.rglob("*") if p.is_file()):
+            digest.update(item.relative_to(target).as_posix().encode() + b"\0")
+            digest.update(file_sha256(str(item)).encode())
+        return digest.hexdigest()
     try:
         stat = os.stat(path)
     except OSError:
@@ -479,11 +500,18 @@ def file_sha256(path: str) -> str:
     return _FILE_HASHES[key]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A JSON-friendly form of a parameter value (arrays and tuples as lists, numpy scalars as numbers).
+
+    Examples
+    --------
+    >>> jsonable((np.float32(1.5), 2))
+    [1.5, 2]
+    """
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -633,12 +661,12 @@ def build_operator(name: str, params: dict[str, Any] | None = None, where: str =
         if spec["choices"] and key in params and params[key] not in spec["choices"]:
             raise PipelineError(f"{where}: {name}.{key}", f"{params[key]!r} is not one of {list(spec['choices'])}",
                                 f"use one of {', '.join(map(str, spec['choices']))}")
-    hints = _type_hints(cls)
+    hints = type_hints(cls)
     for key, value in params.items():
         expected = hints.get(key)
-        if expected is not None and not _matches(value, expected):
-            raise PipelineError(f"{where}: {name}.{key}", f"expected {_type_name(expected)}, got {value!r}",
-                                f"give {key} as {_type_name(expected)} ({declared[key]['doc']})")
+        if expected is not None and not matches_annotation(value, expected):
+            raise PipelineError(f"{where}: {name}.{key}", f"expected {describe_type(expected)}, got {value!r}",
+                                f"give {key} as {describe_type(expected)} ({declared[key]['doc']})")
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
@@ -647,7 +675,14 @@ def build_operator(name: str, params: dict[str, Any] | None = None, where: str =
         raise PipelineError(f"{where}: {name}", str(exc), "check the parameter values") from None
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
+def type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a dataclass (empty when one cannot be evaluated).
+
+    Examples
+    --------
+    >>> type_hints(InputSpec)["scan_shape"]
+    tuple[int, int]
+    """
     import typing
 
     try:
@@ -656,8 +691,13 @@ def _type_hints(cls: type) -> dict[str, Any]:
         return {}
 
 
-def _matches(value: Any, expected: Any) -> bool:
-    """True when a parameter value (as parsed from YAML/JSON or given in Python) fits its annotation."""
+def matches_annotation(value: Any, expected: Any) -> bool:
+    """True when a parameter value (as parsed from YAML/JSON or given in Python) fits its annotation.
+
+    Examples
+    --------
+    >>> matches_annotation(8, float | None), matches_annotation("eight", float | None)
+    (True, False)"""
     import math
     import types
     import typing
@@ -666,7 +706,7 @@ def _matches(value: Any, expected: Any) -> bool:
         return True
     origin = typing.get_origin(expected)
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(expected))
+        return any(matches_annotation(value, arg) for arg in typing.get_args(expected))
     if origin is typing.Literal:
         return value in typing.get_args(expected)
     if expected is type(None):
@@ -685,19 +725,26 @@ def _matches(value: Any, expected: Any) -> bool:
         if not isinstance(value, list | tuple | np.ndarray):
             return False
         args = [a for a in typing.get_args(expected) if a is not Ellipsis]
-        return len(args) != 1 or all(_matches(v, args[0]) for v in value)
+        return len(args) != 1 or all(matches_annotation(v, args[0]) for v in value)
     if container is dict:
         return isinstance(value, dict)
     return True  # other annotations (objects, arrays) are the operator's to check
 
 
-def _type_name(expected: Any) -> str:
+def describe_type(expected: Any) -> str:
+    """Words for an annotation in error messages.
+
+    Examples
+    --------
+    >>> describe_type(float | None)
+    'a finite number or null'
+    """
     import types
     import typing
 
     origin = typing.get_origin(expected)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(expected))
+        return " or ".join(describe_type(a) for a in typing.get_args(expected))
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(expected)))
     names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",

@@ -15,7 +15,7 @@ from diffraflow.operators.base import (
     param,
     register_operator,
 )
-from diffraflow.operators.learning.artefact import artefact_hash, load_artefact
+from diffraflow.operators.learning.artefact import load_artefact
 from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["ClassifyPatterns", "CLASSIFIER_KIND"]
@@ -86,10 +86,6 @@ class ClassifyPatterns(Operator):
         if isinstance(self.model, str) and self.model:
             # Workers may start elsewhere: keep the path they must open absolute.
             object.__setattr__(self, "model", os.path.abspath(os.path.expanduser(self.model)))
-
-    def file_hashes(self) -> dict[str, str]:
-        # The artefact is a directory; its manifest names the SHA-256 of every file in it.
-        return {"model": artefact_hash(self.model)} if self.model else {}
 
     def _artefact(self, weights: bool):
         return load_artefact(self.model, kind=CLASSIFIER_KIND, weights=weights)

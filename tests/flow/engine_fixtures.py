@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from diffraflow.flow.store import create_cube
+from diffraflow.flow.testing import synthetic_frames
 from diffraflow.operators.base import (
     ChunkContext,
     InputSpec,
@@ -21,8 +22,6 @@ from diffraflow.operators.base import (
     param,
     register_operator,
 )
-
-from tests.operators.conformance import synthetic_frames
 
 __all__ = ["FrameSum", "Affine", "SigSum", "Centered", "Slow", "Flaky", "make_cube", "write_yaml"]
 

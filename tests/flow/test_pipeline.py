@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 from diffraflow.flow.pipeline import Pipeline, Step
 from diffraflow.flow.schedule import Schedule
-from diffraflow.operators.base import InputSpec
-from diffraflow.schemas.errors import PipelineError
-from diffraflow.schemas.pipeline import pipeline_json_schema, validate_pipeline_record
-
-from tests.flow.engine_fixtures import Affine, Centered, FrameSum, SigSum, write_yaml
-from tests.operators.conformance import (
+from diffraflow.flow.testing import (
     OperatorConformance,
     check_chunking,
     check_executors,
     synthetic_frames,
 )
+from diffraflow.operators.base import InputSpec
+from diffraflow.schemas.errors import PipelineError
+from diffraflow.schemas.pipeline import pipeline_json_schema, validate_pipeline_record
+
+from tests.flow.engine_fixtures import Affine, Centered, FrameSum, SigSum, write_yaml
 
 SPEC = InputSpec((5, 7), (8, 9), np.dtype("uint16"))
 

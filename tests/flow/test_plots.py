@@ -72,16 +72,15 @@ def test_decomposition(tmp_path):
 
 def test_plots_from_operator_results(tmp_path):
     """The arrays operators produce plot directly (shapes and dtypes as resolved)."""
+    from diffraflow.flow.testing import input_spec, run_operator, spot_frames
     from diffraflow.operators.stats.mean_pattern import MeanPattern
     from diffraflow.operators.virtual.virtual_image import VirtualImage
 
-    from tests.operators.operator_harness import make_cube, run_operator, spec_of
-
-    cube = make_cube(3, scan=(4, 5), det=(12, 10))
+    cube = spot_frames((4, 5), (12, 10), seed=3)
     op = VirtualImage(masks=[{"type": "disk", "radius": 2}, {"type": "annulus", "inner": 2, "outer": 5}])
-    images = run_operator(op, cube, 7)["images"]
-    mean = run_operator(MeanPattern(), cube, 7)["mean"]
-    _png(plot_virtual_images(images, tmp_path / "vi.png", labels=op.mask_labels(spec_of(cube)), size=(6, 3),
+    images = run_operator(op, cube, chunk_frames=7)["images"]
+    mean = run_operator(MeanPattern(), cube, chunk_frames=7)["mean"]
+    _png(plot_virtual_images(images, tmp_path / "vi.png", labels=op.mask_labels(input_spec(cube)), size=(6, 3),
                              dpi=50), (300, 150))
     _png(plot_pattern(mean, tmp_path / "mean.png", overlays=op.masks, size=(4, 4), dpi=50), (200, 200))
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from diffraflow.flow.testing import OperatorConformance, synthetic_frames
 from diffraflow.operators.decomposition.incremental_pca import IncrementalPCA
 from sklearn.decomposition import PCA
-
-from tests.operators.conformance import OperatorConformance, synthetic_frames
 
 
 def _sklearn_reference(frames: np.ndarray, k: int) -> dict[str, np.ndarray]:

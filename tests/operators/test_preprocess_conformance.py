@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from diffraflow.flow.testing import OperatorConformance, synthetic_frames
 from diffraflow.operators.preprocess.binning import BinFrames
 from diffraflow.operators.preprocess.detector_mask import DetectorMask
 from diffraflow.operators.preprocess.dynamic_background import RemoveDynamicBackground
 from diffraflow.operators.preprocess.normalize import Normalize
 from diffraflow.operators.preprocess.static_background import RemoveStaticBackground
 from scipy import ndimage
-
-from tests.operators.conformance import OperatorConformance, synthetic_frames
 
 FRAMES = synthetic_frames((5, 7), (8, 10), "uint16", seed=3)
 BG = np.random.default_rng(0).uniform(1000, 3000, (8, 10))
@@ -91,8 +90,7 @@ class TestBinFrames(OperatorConformance):
 def test_static_background_reads_cube_variable_through_engine(tmp_path):
     """The engine binds the cube's ``static_background`` variable (one pass, no scan mean)."""
     from diffraflow.flow.store import create_cube
-
-    from tests.operators.conformance import run_operator
+    from diffraflow.flow.testing import run_operator
 
     path = tmp_path / "scan.zarr"
     attrs = {"modality": "ebsd", "detector": {"shape": [8, 10]}}
@@ -109,10 +107,9 @@ def test_static_background_reads_cube_variable_through_engine(tmp_path):
 def test_multi_pass_pipeline_chains_through_engine():
     """scan-mean background (2 passes) -> binning -> PCA (3 passes) + virtual image, on every chunking."""
     from diffraflow.flow.pipeline import Pipeline
+    from diffraflow.flow.testing import check_chunking, check_executors
     from diffraflow.operators.decomposition.incremental_pca import IncrementalPCA
     from diffraflow.operators.virtual.virtual_image import VirtualImage
-
-    from tests.operators.conformance import check_chunking, check_executors
 
     pipe = Pipeline([RemoveStaticBackground(), BinFrames(factor=2, reduce="mean"),
                      VirtualImage(masks=[{"type": "disk", "radius": 1.5}]), IncrementalPCA(n_components=2)])

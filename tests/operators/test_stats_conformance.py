@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from diffraflow.flow.testing import OperatorConformance, synthetic_frames
 from diffraflow.operators.stats.max_pattern import MaxPattern
 from diffraflow.operators.stats.mean_pattern import MeanPattern
-
-from tests.operators.conformance import OperatorConformance, synthetic_frames
 
 
 class TestMeanPattern(OperatorConformance):

@@ -1,9 +1,10 @@
-"""Virtual-image operators against naive per-frame NumPy sums, over awkward chunkings."""
+"""Virtual-image operators through the engine against naive per-frame NumPy sums, over awkward chunkings."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffraflow.flow.testing import input_spec, run_operator, spot_frames
 from diffraflow.operators.base import build_operator
 from diffraflow.operators.virtual._masks import make_plan, virtual_images
 from diffraflow.operators.virtual.annular_dark_field import AnnularDarkField
@@ -11,7 +12,8 @@ from diffraflow.operators.virtual.bright_field import BrightField
 from diffraflow.operators.virtual.virtual_image import VirtualImage
 from diffraflow.schemas.errors import PipelineError
 
-from tests.operators.operator_harness import CHUNKINGS, make_cube, run_operator, spec_of
+# Single frames, runs splitting the 5-frame rows, uneven runs, one chunk.
+CHUNKINGS = (1, 3, (2, 5, 3), None)
 
 MASKS = [
     {"type": "disk", "radius": 3},
@@ -22,7 +24,7 @@ MASKS = [
 
 @pytest.fixture(scope="module")
 def cube() -> np.ndarray:
-    return make_cube(5, det=(12, 10), dtype="uint16") * np.uint16(200)
+    return spot_frames((3, 5), (12, 10), "uint16", seed=5) * np.uint16(200)
 
 
 def _naive_masks(det=(12, 10)) -> np.ndarray:
@@ -48,17 +50,18 @@ def _naive_images(cube: np.ndarray, masks: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("chunk", CHUNKINGS)
 def test_virtual_image_many_masks(cube, chunk):
     op = VirtualImage(masks=MASKS)
-    spec = op.resolve(spec_of(cube))["images"]
+    spec = op.resolve(input_spec(cube))["images"]
     assert spec.kind == "nav" and spec.extra_dims == ("mask",) and spec.extra_shape == (3,)
-    out = run_operator(op, cube, chunk)["images"]
+    out = run_operator(op, cube, chunk_frames=chunk)["images"]
     np.testing.assert_allclose(out, _naive_images(cube, _naive_masks()), rtol=1e-12)
-    assert op.mask_labels(spec_of(cube)) == ["disk r=3 px", "ring", "rectangle [1, 5, 2, 9]"]
+    assert op.mask_labels(input_spec(cube)) == ["disk r=3 px", "ring", "rectangle [1, 5, 2, 9]"]
 
 
 def test_virtual_image_chunking_is_exact(cube):
-    ref = run_operator(VirtualImage(masks=MASKS), cube, None)["images"]
-    for chunk in (1, 7, (2, 5, 3)):
-        np.testing.assert_array_equal(run_operator(VirtualImage(masks=MASKS), cube, chunk)["images"], ref)
+    ref = run_operator(VirtualImage(masks=MASKS), cube)["images"]
+    for chunk in (1, 3, (2, 5, 3)):
+        got = run_operator(VirtualImage(masks=MASKS), cube, chunk_frames=chunk, order="reverse")["images"]
+        np.testing.assert_array_equal(got, ref)
 
 
 def test_virtual_image_array_masks_and_mean(cube, tmp_path):
@@ -66,21 +69,21 @@ def test_virtual_image_array_masks_and_mean(cube, tmp_path):
     weights = rng.random((2, 12, 10))
     np.save(tmp_path / "w.npy", weights)
     op = VirtualImage(masks=MASKS[:1], mask=str(tmp_path / "w.npy"))
-    out = run_operator(op, cube, 7)["images"]
+    out = run_operator(op, cube, chunk_frames=7)["images"]
     want = _naive_images(cube, np.concatenate([_naive_masks()[:1], weights]))
     np.testing.assert_allclose(out, want, rtol=1e-12)
-    assert op.mask_labels(spec_of(cube))[1:] == ["mask 0", "mask 1"]
-    mean = run_operator(VirtualImage(mask=weights[0], reduce="mean"), cube, 4)["images"]
+    assert op.mask_labels(input_spec(cube))[1:] == ["mask 0", "mask 1"]
+    mean = run_operator(VirtualImage(mask=weights[0], reduce="mean"), cube, chunk_frames=4)["images"]
     np.testing.assert_allclose(mean[..., 0], want[..., 1] / weights[0].sum(), rtol=1e-12)
 
 
 def test_presets_match_virtual_image(cube):
     vi = run_operator(VirtualImage(masks=[{"type": "disk", "radius": 1.5},
-                                          {"type": "annulus", "inner": 3, "outer": 5}]), cube, 7)["images"]
-    bf = run_operator(BrightField(), cube, 7)["image"]  # default radius: min(12, 10) / 8 = 1.25
-    bf15 = run_operator(BrightField(radius=1.5), cube, 1)["image"]
-    adf = run_operator(AnnularDarkField(), cube, (2, 5))["image"]  # defaults: inner 2.5, outer 5
-    adf35 = run_operator(AnnularDarkField(inner=3, outer=5), cube, None)["image"]
+                                          {"type": "annulus", "inner": 3, "outer": 5}]), cube, chunk_frames=7)["images"]
+    bf = run_operator(BrightField(), cube, chunk_frames=7)["image"]  # default radius: min(12, 10) / 8 = 1.25
+    bf15 = run_operator(BrightField(radius=1.5), cube, chunk_frames=1)["image"]
+    adf = run_operator(AnnularDarkField(), cube, chunk_frames=(2, 5))["image"]  # defaults: inner 2.5, outer 5
+    adf35 = run_operator(AnnularDarkField(inner=3, outer=5), cube)["image"]
     assert bf.shape == cube.shape[:2] and adf.shape == cube.shape[:2]
     np.testing.assert_allclose(bf15, vi[..., 0])
     np.testing.assert_allclose(adf35, vi[..., 1])
@@ -88,7 +91,7 @@ def test_presets_match_virtual_image(cube):
     r2 = (yy - 5.5) ** 2 + (xx - 4.5) ** 2
     np.testing.assert_allclose(bf, _naive_images(cube, (r2 <= 1.25**2)[None])[..., 0])
     np.testing.assert_allclose(adf, _naive_images(cube, ((r2 > 2.5**2) & (r2 <= 25))[None])[..., 0])
-    mean = run_operator(BrightField(radius=1.5, reduce="mean"), cube, 3)["image"]
+    mean = run_operator(BrightField(radius=1.5, reduce="mean"), cube, chunk_frames=3)["image"]
     np.testing.assert_allclose(mean, vi[..., 0] / (r2 <= 2.25).sum())
 
 
@@ -122,17 +125,17 @@ def test_registry_builds_virtual_operators():
 ])
 def test_virtual_image_errors(cube, masks, match):
     with pytest.raises(PipelineError) as info:
-        VirtualImage(masks=masks).resolve(spec_of(cube))
+        VirtualImage(masks=masks).resolve(input_spec(cube))
     assert match in str(info.value)
     assert "\n" not in str(info.value) and "(fix: " in str(info.value)
 
 
 def test_virtual_image_error_names_the_mask(cube):
     with pytest.raises(PipelineError, match=r"^virtual_image.masks\[1\]"):
-        VirtualImage(masks=[MASKS[0], {"type": "disk"}]).resolve(spec_of(cube))
+        VirtualImage(masks=[MASKS[0], {"type": "disk"}]).resolve(input_spec(cube))
     with pytest.raises(PipelineError, match="mask shape"):
-        VirtualImage(mask=np.ones((3, 3))).resolve(spec_of(cube))
+        VirtualImage(mask=np.ones((3, 3))).resolve(input_spec(cube))
     with pytest.raises(PipelineError, match="not finite"):
-        VirtualImage(mask=np.full((12, 10), np.inf)).resolve(spec_of(cube))
+        VirtualImage(mask=np.full((12, 10), np.inf)).resolve(input_spec(cube))
     with pytest.raises(PipelineError, match="^bright_field: the disk covers no pixel"):
-        BrightField(radius=1, center=[40, 40]).resolve(spec_of(cube))
+        BrightField(radius=1, center=[40, 40]).resolve(input_spec(cube))

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from diffraflow.flow.testing import OperatorConformance, synthetic_frames
 from diffraflow.operators.virtual.annular_dark_field import AnnularDarkField
 from diffraflow.operators.virtual.bright_field import BrightField
 from diffraflow.operators.virtual.virtual_image import VirtualImage
-
-from tests.operators.conformance import OperatorConformance, synthetic_frames
 
 FRAMES = synthetic_frames((5, 7), (8, 9), "uint16", seed=4)
 YY, XX = np.mgrid[:8, :9]

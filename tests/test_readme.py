@@ -33,6 +33,7 @@ def test_quick_start_is_two_command_lines_and_ci_runs_the_second():
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow  # starts a LocalCluster: 13-16 s; tests/flow/test_products.py runs the example in the quick loop
 def test_example_pipeline_identical_across_schedulers_on_awkward_chunks(tmp_path):
     example = fenced_blocks("yaml")[0]
     record = yaml.safe_load(example)

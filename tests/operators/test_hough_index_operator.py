@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import zarr
 from diffraflow.flow.cli import main
+from diffraflow.flow.testing import check_operator
 from diffraflow.operators.base import build_operator
 from diffraflow.operators.crystallography import get_phase
 from diffraflow.operators.indexing.testing import disorientation_deg
 from diffraflow.operators.simulate.ebsd import simulate_ebsd
 from diffraflow.schemas.errors import PipelineError, SchemaError
-
-from tests.operators.conformance import check_operator
 
 PC = (0.421, 0.221, 0.505)
 
@@ -115,6 +114,7 @@ def test_warm_up_says_so_only_when_compiling(monkeypatch, cached):
     assert events == (["compile"] if cached else [COMPILE_MESSAGE, "compile"])
 
 
+@pytest.mark.slow  # two fresh interpreters importing kikuchipy and numba: 15-20 s
 def test_kernels_cached_reads_numba_cache(tmp_path):
     """The cache test is real: an empty NUMBA_CACHE_DIR says no, the warm on-disk cache says yes, no compiling."""
     import os
@@ -124,8 +124,8 @@ def test_kernels_cached_reads_numba_cache(tmp_path):
     from diffraflow.operators.indexing.indexer import warm_up_kernels
 
     warm_up_kernels("uint8", "cpu")  # fills the on-disk cache if this is the first run
-    probe = ("import time; from operators.indexing.indexer import HoughIndexer; from kikuchipy.detectors import "
-             "EBSDDetector; from operators.crystallography import get_phase; "
+    probe = ("import time; from diffraflow.operators.indexing.indexer import HoughIndexer; "
+             "from kikuchipy.detectors import EBSDDetector; from diffraflow.operators.crystallography import get_phase; "
              "ix = HoughIndexer([get_phase('ni')], EBSDDetector((20, 20)), backend='cpu'); t = time.time(); "
              "print(ix.kernels_cached('uint8'), ix.kernels_cached('int16') == ix.kernels_cached('float32'), "
              "round(time.time() - t))")

@@ -18,8 +18,9 @@ from diffraflow.flow.store import open_cube
 from diffraflow.schemas.errors import DiffraflowError
 
 from tests.real_data import REAL_DATA as REAL
+from tests.real_data import needs_real_data
 
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="real data folder not present")
+needs_real = needs_real_data()
 
 
 def run_convert(capsys, *args) -> tuple[int, str]:

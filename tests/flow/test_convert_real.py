@@ -16,8 +16,9 @@ from diffraflow.flow.cli import main
 from diffraflow.flow.store import open_cube
 
 from tests.real_data import REAL_DATA as REAL
+from tests.real_data import needs_real_data
 
-pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="real data folder not present")
+pytestmark = needs_real_data()
 
 
 def _kikuchipy(path):

@@ -15,6 +15,7 @@ from diffraflow.flow.inspect_store import validate_store
 from diffraflow.schemas.errors import DiffraflowError, OutputExistsError, SchemaError
 
 from tests.flow.crystal_map_fixtures import REAL_ANG, make_xmap, max_misorientation, phase_names
+from tests.real_data import needs_real_data
 
 
 def test_round_trip_two_phase_non_square_with_not_indexed(tmp_path):
@@ -59,6 +60,7 @@ def test_scan_attrs_kept_and_their_step_wins(tmp_path):
     assert (back.dy, back.dx) == (2.0, 3.0)
 
 
+@needs_real_data(REAL_ANG)
 def test_real_ang_through_store(tmp_path):
     import orix.io
 

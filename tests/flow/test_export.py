@@ -18,6 +18,7 @@ from tests.flow.crystal_map_fixtures import (
     max_misorientation,
     phase_names,
 )
+from tests.real_data import needs_real_data
 
 TOL_DEG = 1e-4
 
@@ -76,6 +77,7 @@ def test_ang_symmetry_codes_read_back(tmp_path, point_group, code):
     assert back.phases[1].point_group.proper_subgroup.name == phase.point_group.proper_subgroup.name
 
 
+@needs_real_data(REAL_ANG)
 def test_real_ang_store_export_reload(tmp_path):
     """Real dual-phase EDAX map: orix load -> our store -> .ang -> orix load: identical."""
     original = _load(REAL_ANG)
@@ -91,6 +93,7 @@ def test_real_ang_store_export_reload(tmp_path):
         assert a.structure.lattice.a == pytest.approx(b.structure.lattice.a, abs=1e-3)
 
 
+@needs_real_data(REAL_CTF)
 def test_ctf_round_trip_and_header_style(tmp_path):
     xmap = make_xmap((6, 4), ("ni", "fe"), seed=3)
     out = write_ctf(xmap, tmp_path / "m.ctf", metadata={"beam_energy_kv": 20, "detector": {"sample_tilt": 70}})
@@ -110,6 +113,7 @@ def test_ctf_round_trip_and_header_style(tmp_path):
     assert "KV\t20\tTiltAngle\t70" in out.read_text()
 
 
+@needs_real_data(REAL_CTF)
 def test_ctf_real_file_codes(tmp_path):
     from diffraflow.operators.crystallography import get_phase
 
@@ -120,6 +124,7 @@ def test_ctf_real_file_codes(tmp_path):
     assert back.phases[1].name == "Copper" and back.phases[1].space_group.number == 225
 
 
+@needs_real_data(REAL_ANG)
 def test_real_ang_to_ctf(tmp_path):
     original = _load(REAL_ANG)
     back = _load(write_ctf(original, tmp_path / "sdss.ctf"))

@@ -21,6 +21,7 @@ from diffraflow.schemas.cube import AssumedValueWarning
 
 from tests.flow.test_readers_synthetic import _write_mib
 from tests.real_data import REAL_DATA as REAL
+from tests.real_data import needs_real_data
 
 UNKNOWN_LINES = ("binning unknown, PC unknown", "sample tilt unknown, camera tilt unknown",
                  "beam          unknown", "step          unknown")
@@ -49,7 +50,7 @@ def test_merlin_store_stores_and_shows_unknowns(tmp_path, capsys):
     assert "70.0" not in text and "1.0 um" not in text
 
 
-@pytest.mark.skipif(not (REAL / "merlin_4x2_6bit.mib").is_file(), reason="real data folder not present")
+@needs_real_data("merlin_4x2_6bit.mib")
 def test_real_merlin_info_shows_no_defaults_as_facts(tmp_path, capsys):
     out = tmp_path / "m.zarr"
     assert main(["convert", str(REAL / "merlin_4x2_6bit.mib"), str(out), "--quiet"]) == 0

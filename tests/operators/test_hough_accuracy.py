@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from diffraflow.operators.indexing import HoughIndexer
@@ -19,8 +17,9 @@ from tests.operators.hough_fixtures import (  # noqa: F401 - fixtures
     ni_phase,
     random_rotations,
 )
+from tests.real_data import needs_real_data, real_file
 
-REAL_NI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real" / "ni_small_kikuchipy_h5ebsd.h5"
+REAL_NI = real_file("ni_small_kikuchipy_h5ebsd.h5")
 
 
 @pytest.mark.parametrize(
@@ -93,7 +92,7 @@ def test_two_phase_fcc_bcc(ni_phase, fe_phase, kinematical_mps):
     assert np.mean(np.concatenate(right)) >= 0.95
 
 
-@pytest.mark.skipif(not REAL_NI.exists(), reason=f"real data not found at {REAL_NI}")
+@needs_real_data(REAL_NI.name)
 def test_real_ni_agrees_with_dictionary_indexing():
     import kikuchipy as kp
 

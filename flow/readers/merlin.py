@@ -26,28 +26,11 @@ from typing import Any
 
 import numpy as np
 from diffraflow.flow.readers.base import Probe, Reader, batched, fitting_scan_shapes, jsonable
+from diffraflow.flow.readers.merlin_format import PIXEL_TYPES as _DTYPES
+from diffraflow.flow.readers.merlin_format import exposure_s, parse_hdr
 from diffraflow.flow.readers.rawio import read_head, read_records
 
 __all__ = ["MerlinReader", "parse_hdr"]
-
-_DTYPES = {"U08": ">u1", "U16": ">u2", "U32": ">u4", "U1": ">u1"}
-
-
-def parse_hdr(text: str) -> dict[str, str]:
-    """Key/value pairs of a Merlin ``.hdr`` file.
-
-    Examples
-    --------
-    >>> parse_hdr("HDR,\\nFrames in Acquisition (Number):\\t8\\nEnd\\t")
-    {'Frames in Acquisition (Number)': '8'}
-    """
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("HDR") or line.startswith("End") or "\t" not in line:
-            continue
-        key, value = line.split("\t", 1)
-        out[key.rstrip(":").strip()] = value.strip()
-    return out
 
 
 class MerlinReader(Reader):
@@ -131,14 +114,7 @@ class MerlinReader(Reader):
 
     @staticmethod
     def _exposure_s(fields: list[str]) -> float | None:
-        for field in fields:
-            field = field.strip()
-            if field.endswith("ns") and field[:-2].replace(".", "", 1).isdigit():
-                return float(field[:-2]) * 1e-9
-        try:
-            return float(fields[10]) * 1e-3  # shutter time in ms in older firmware
-        except (IndexError, ValueError):
-            return None
+        return exposure_s(fields)
 
     def _row_length(self, record: np.dtype, count: int) -> int:
         """Frames per scan row: where the timestamps jump above their mean step (as RosettaSciIO)."""

@@ -300,8 +300,20 @@ class ZarrCubeSource:
             state = progress.get("state")
             persisted = self.spec.n_frames if state == "complete" else int(progress.get("frames_persisted", 0))
             sx = self.spec.scan_shape[1]
-            fresh = [r for r in self.regions() if r.index not in self._delivered
-                     and (r.y[1] - 1) * sx + r.x[1] <= persisted]
+            # Writers that persist shards out of scan order (live receivers) list the flat index ranges
+            # they wrote; sequential writers only count a prefix.
+            ranges = progress.get("persisted") if state != "complete" else None
+            fresh = []
+            # Regions are handed out in scan order only: the engine merges reductions in chunk order and
+            # submits within a bounded lag of the merge point, so a region persisted late (a gap filled
+            # at the end) must not queue behind later ones.
+            for r in self.regions():
+                if r.index in self._delivered:
+                    continue
+                stop = (r.y[1] - 1) * sx + r.x[1]
+                if not (_ranges_cover(ranges, r.flat_start, stop) if ranges is not None else stop <= persisted):
+                    break
+                fresh.append(r)
             self._delivered.update(r.index for r in fresh)
             if state == "aborted":
                 raise InputFileError(self.path, f"the acquisition was aborted after {persisted} of "
@@ -328,6 +340,21 @@ class ZarrCubeSource:
     def identity(self) -> dict[str, Any]:
         return {"path": self.path, "variable": self.variable, "shape": [*self.spec.scan_shape, *self.spec.det_shape],
                 "dtype": self.spec.dtype.str, "created": self._created}
+
+
+def _ranges_cover(ranges: list, start: int, stop: int) -> bool:
+    """True when sorted, merged ``[a, b)`` ranges hold all of ``[start, stop)``.
+
+    Examples
+    --------
+    >>> _ranges_cover([[0, 4], [8, 12]], 8, 10), _ranges_cover([[0, 4], [8, 12]], 2, 6)
+    (True, False)
+    """
+    import bisect
+
+    starts = [int(a) for a, _b in ranges]
+    i = bisect.bisect_right(starts, start) - 1
+    return i >= 0 and int(ranges[i][1]) >= stop
 
 
 class ArraySource:

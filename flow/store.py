@@ -351,6 +351,40 @@ class FrameArrayWriter:
         self._fill = 0
         self._shard_origin = (0, 0)
 
+    @classmethod
+    def reopen(cls, group, name: str, where: str = "input", frames_written: int = 0) -> FrameArrayWriter:
+        """A writer of an existing frame array, to go on writing regions of an interrupted acquisition.
+
+        ``frames_written`` counts the frames an earlier writer already persisted
+        (so that :meth:`close` checks the whole scan). Only :meth:`write_region`
+        may be used on it.
+
+        Examples
+        --------
+        >>> import numpy as np, zarr
+        >>> root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        >>> w = FrameArrayWriter(root, "p", CubeLayout((2, 2, 1, 1), (1, 2, 1, 1), (1, 2, 1, 1)), np.dtype("u1"))
+        >>> w.write_region(0, 0, np.ones((1, 2, 1, 1), "u1"))
+        >>> again = FrameArrayWriter.reopen(root, "p", frames_written=2)
+        >>> again.write_region(1, 0, np.ones((1, 2, 1, 1), "u1")); again.close(); again.layout.shards
+        (1, 2, 1, 1)
+        """
+        self = cls.__new__(cls)
+        self.array = group[name].with_config(ARRAY_CONFIG)  # the config is not stored: all-zero shards too
+        shape = tuple(int(v) for v in self.array.shape)
+        chunks = tuple(int(v) for v in self.array.chunks)
+        shards = tuple(int(v) for v in (self.array.shards or self.array.chunks))
+        self.layout = validate_layout(CubeLayout(shape, chunks, shards), where=name)  # type: ignore[arg-type]
+        self.on_flush, self.persisted, self.where, self.name = None, 0, where, name
+        self.dtype = np.dtype(str(self.array.dtype))
+        self.check_finite = self.dtype.kind == "f"
+        self._frame_shape = shape[2:]
+        self._n_total = shape[0] * shape[1]
+        self._written = int(frames_written)
+        self._buffer = np.empty((0, *self._frame_shape), dtype=self.dtype)  # append() is not for reopened arrays
+        self._fill, self._shard_origin = 0, (0, 0)
+        return self
+
     @property
     def frames_written(self) -> int:
         """How many frames have been appended."""
@@ -575,13 +609,101 @@ class CubeWriter(TemporaryStoreWriter):
                                          on_flush=self._persisted if in_place else None)
         self._frame_writers: list[FrameArrayWriter] = [self.patterns]
         self._finalized = False
+        #: Further fields of the acquisition record, set by :meth:`record_acquisition` (kept to the end).
+        self.acquisition_extra: dict[str, Any] = {}
         if in_place:
             self._persisted(0)
 
+    @classmethod
+    def reopen(cls, path: str | os.PathLike, where: str | None = None) -> CubeWriter:
+        """Go on writing an in-place acquisition whose writer stopped before it was complete.
+
+        The cube keeps its metadata, creation time and every persisted shard;
+        the new writer takes the store's lock (refused while the old writer
+        lives), starts from the acquisition record's fields (kept in
+        :attr:`acquisition_extra`) and writes the remaining regions with
+        ``patterns.write_region``. For live receivers that resume a scan.
+
+        Raises
+        ------
+        IncompleteStoreError
+            ``path`` is not an unfinished in-place acquisition.
+        StoreLockedError
+            Its writer is still running.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "acq.zarr"
+        >>> w = create_cube(out, scan_shape=(2, 2), det_shape=(1, 1), dtype="u1", in_place=True,
+        ...                 attrs={"modality": "4dstem", "detector": {"shape": [1, 1]}},
+        ...                 layout=CubeLayout((2, 2, 1, 1), (1, 2, 1, 1), (1, 2, 1, 1)))
+        >>> w.patterns.write_region(0, 0, np.ones((1, 2, 1, 1), "u1")); w.record_acquisition(2, persisted=[[0, 2]])
+        >>> w._release()  # the writer stops without finishing (killed, interrupted)
+        >>> again = CubeWriter.reopen(out)
+        >>> again.acquisition_extra["persisted"], again.patterns.frames_written
+        ([[0, 2]], 2)
+        >>> again.patterns.write_region(1, 0, np.ones((1, 2, 1, 1), "u1")); _ = again.finalize()
+        >>> acquisition_progress(out)["state"], int(open_cube(out)["patterns"].sum())
+        ('complete', 4)
+        """
+        import zarr
+
+        final = Path(path).expanduser().absolute()
+        where = where or str(final)
+        progress = acquisition_progress(final)
+        if progress is None or progress.get("state") not in ("acquiring", "aborted"):
+            raise IncompleteStoreError(where, "is not an unfinished acquisition written in place "
+                                       f"(state {progress.get('state') if progress else None!r})",
+                                       "resume only a cube that a live acquisition left unfinished")
+        self = cls.__new__(cls)
+        self.final = self.temp = final
+        self.in_place, self.overwrite, self.where, self._finalized = True, False, where, False
+        self.claim()
+        try:
+            self.group = zarr.open_group(str(final), mode="r+", zarr_format=3)
+            self.attrs = validate_scan_attrs(dict(self.group.attrs.get("scan", {})), where=where)
+            extra = {k: v for k, v in progress.items() if k not in ("state", "frames_expected", "writer", "updated")}
+            written = sum(int(b) - int(a) for a, b in extra.get("persisted", [])) if "persisted" in extra \
+                else int(progress.get("frames_persisted", 0))
+            self.patterns = FrameArrayWriter.reopen(self.group, "patterns", where, frames_written=written)
+        except BaseException:
+            self._release()
+            raise
+        self.layout = self.patterns.layout
+        self._frame_writers = [self.patterns]
+        self.acquisition_extra = extra
+        self._persisted(int(progress.get("frames_persisted", 0)))
+        return self
+
+    def record_acquisition(self, frames_persisted: int, **fields: Any) -> None:
+        """Publish an in-place acquisition's progress: frames persisted and further record fields.
+
+        For writers that persist regions out of scan order (:meth:`FrameArrayWriter.write_region`):
+        ``persisted`` (a list of ``[start, stop)`` flat frame-index ranges whose
+        shards are written) tells followers (:class:`~diffraflow.flow.sources.ZarrCubeSource`)
+        which regions they may read; other fields (counts, missing frames) are
+        kept for readers and for :meth:`finalize`.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "r.zarr"
+        >>> w = create_cube(out, scan_shape=(1, 2), det_shape=(1, 1), dtype="u1", in_place=True,
+        ...                 attrs={"modality": "4dstem", "detector": {"shape": [1, 1]}})
+        >>> w.record_acquisition(1, persisted=[[1, 2]]); acquisition_progress(out)["persisted"]
+        [[1, 2]]
+        >>> w.abort()
+        """
+        self.acquisition_extra = dict(fields, frames_persisted=int(frames_persisted))
+        self._persisted(int(frames_persisted))
+
     def _persisted(self, frames: int, state: str = "acquiring") -> None:
         n = self.layout.shape[0] * self.layout.shape[1]
-        write_acquisition_progress(self.temp, {"state": state, "frames_persisted": int(frames), "frames_expected": n,
-                                               "writer": {"host": HOST, "pid": os.getpid()}})
+        record = {"state": state, "frames_persisted": int(frames), "frames_expected": n,
+                  "writer": {"host": HOST, "pid": os.getpid()}}
+        record.update({k: v for k, v in getattr(self, "acquisition_extra", {}).items() if k != "state"})
+        write_acquisition_progress(self.temp, record)
 
     def add_frame_variable(self, name: str, dtype: Any = None, dims: Sequence[str] = SCAN_DIMS) -> FrameArrayWriter:
         """Another frame-shaped variable (e.g. ground-truth clean patterns), same layout.

@@ -28,7 +28,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES", "positive_int", "non_negat
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = ("demo", "simulate", "convert", "info", "validate", "run", "operators", "index", "export",
-                   "schema", "train")
+                   "schema", "train", "live")
 
 
 def _number_type(kind: type, test, words: str):

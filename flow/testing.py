@@ -87,7 +87,7 @@ from typing import Any
 import numpy as np
 from diffraflow.flow.engine import run_pipeline
 from diffraflow.flow.pipeline import Pipeline, Step
-from diffraflow.flow.sources import ArraySource, ChunkSource, Region, iter_regions
+from diffraflow.flow.sources import ArraySource, ChunkSource, Region
 from diffraflow.operators.base import InputSpec, Operator
 from diffraflow.schemas.backends import backend_available, get_backend
 
@@ -308,17 +308,18 @@ class UnevenArraySource(ArraySource):
 
     def __init__(self, array: np.ndarray, chunks: Chunking = None, order: str | Sequence[int] = "scan",
                  attrs: dict[str, Any] | None = None, seed: int = 0) -> None:
-        regular = chunks is None or isinstance(chunks, int | np.integer)
-        super().__init__(array, chunk_frames=int(chunks) if regular and chunks is not None else None, attrs=attrs)
+        runs = None if chunks is None or isinstance(chunks, int | np.integer) else tuple(int(c) for c in chunks)
+        frames_per_chunk = int(chunks) if isinstance(chunks, int | np.integer) else None
+        super().__init__(array, chunk_frames=frames_per_chunk, attrs=attrs)
         scan_shape = self.spec.scan_shape
-        if regular:
-            bounds = [(r.y, r.x) for r in iter_regions(scan_shape, self.grid)]
+        if runs is None:
+            bounds = [(r.y, r.x) for r in super().regions()]
         else:
-            runs = tuple(int(c) for c in chunks)  # type: ignore[union-attr]  # a tuple here
             if not runs or min(runs) < 1:
                 raise ValueError(f"chunks: run lengths must be positive, got {chunks!r}")
             bounds = _uneven_regions(scan_shape, runs)
-            self.grid = (1, max(x1 - x0 for _y, (x0, x1) in bounds))
+            widest: tuple[int, int] = (1, max(x1 - x0 for _y, (x0, x1) in bounds))
+            self.grid = widest
         positions = _order(len(bounds), order, seed)
         self._regions = [Region(i, y, x, scan_x=scan_shape[1]) for i, (y, x) in enumerate(bounds[p] for p in positions)]
 
@@ -485,9 +486,10 @@ def check_schema(op: Operator | Pipeline, frames: np.ndarray) -> dict[str, np.nd
         out = Path(tmp) / "conformance.zarr"
         results = run_operator(op, frames, output=out)
         group = zarr.open_group(str(out), mode="r")
-        assert group.attrs["diffraflow"]["complete"] is True
+        record: Any = group.attrs["diffraflow"]
+        assert record["complete"] is True
         for key, (_step, _name, spec_out) in declared.items():
-            dims = tuple(group[key].metadata.dimension_names or ())
+            dims = tuple(getattr(group[key].metadata, "dimension_names", None) or ())
             assert len(dims) == len(spec_out.result_dims()), f"{key}: stored dims {dims}"
             assert all(d == w or d.endswith(w) for d, w in zip(dims, spec_out.result_dims(), strict=True)), \
                 f"{key}: stored dims {dims} != declared {spec_out.result_dims()}"
@@ -576,7 +578,7 @@ def check_executors(op: Operator | Pipeline, frames: np.ndarray, executors: Sequ
     return results[0]
 
 
-def check_reference(op: Operator | Pipeline, frames: np.ndarray, reference: Callable[[np.ndarray], dict],
+def check_reference(op: Operator | Pipeline, frames: np.ndarray, reference: Callable[[np.ndarray], dict | None],
                     *, chunk_frames: Chunking = 3, rtol: float = 1e-6, atol: float = 0.0) -> None:
     """Results equal a naive NumPy ``reference(frames) -> {output: array}`` (compared in float for floats).
 
@@ -592,7 +594,9 @@ def check_reference(op: Operator | Pipeline, frames: np.ndarray, reference: Call
     >>> check_reference(Peak(), synthetic_frames((2, 3), (3, 3)), lambda f: {"peak": f.max(axis=(2, 3))})
     """
     results = run_operator(op, frames, chunk_frames=chunk_frames)
-    expected = {k: np.asarray(v) for k, v in reference(frames).items()}
+    wanted = reference(frames)
+    assert wanted is not None, "reference(frames) returned None: give {output_name: array}"
+    expected = {k: np.asarray(v) for k, v in wanted.items()}
     missing = sorted(set(expected) - set(results))
     assert not missing, f"reference outputs {missing} not produced (produced {sorted(results)})"
     assert_results_close({k: results[k] for k in expected}, expected, rtol=rtol, atol=atol, what="vs reference")

@@ -208,6 +208,16 @@ def _checked(step, name: str, spec, value: Any, n: int) -> Any:
     return value
 
 
+def _as_dtype(value: Any, dtype: np.dtype) -> Any:
+    """``value`` in ``dtype`` without leaving its device (numpy, cupy or torch); no copy when it already is."""
+    if type(value).__module__.startswith("torch"):
+        import torch
+
+        wanted = getattr(torch, np.dtype(dtype).name)
+        return value if value.dtype == wanted else value.to(wanted)
+    return value if value.dtype == dtype else value.astype(dtype)
+
+
 def run_chunk(shared: RunShared, region, round_: int) -> ChunkResult:
     """The task body: read one chunk, run the round's chain of steps, return outputs and partials.
 
@@ -256,7 +266,8 @@ def run_chunk(shared: RunShared, region, round_: int) -> ChunkResult:
                                     f"(returned {sorted(out)})", "return every declared nav/frames output")
             value = _checked(step, name, spec, out[name], n)
             if name == step.frames_output:
-                frames = value  # stays on the step's device for the next step
+                # The next step's input spec promises the declared dtype: cast on the step's own device.
+                frames = _as_dtype(value, spec.dtype)
             if not computing:
                 continue
             key = step.step.key(name)

@@ -403,3 +403,34 @@ def test_engine_and_pipeline_do_not_import_each_other():
 def test_bind_is_part_of_the_contract():
     assert Operator().bind({"anything": 1}) is not None
     assert "bind" in Operator.__dict__
+
+
+@dataclass(frozen=True)
+class LooseFrames(Operator):
+    """Declares float32 frames but computes float64: the next step must still see float32."""
+
+    name = "loose_frames_test"
+
+    def resolve(self, spec: InputSpec) -> dict[str, OutputSpec]:
+        return {"frames": OutputSpec("frames", "float32", spec.det_shape)}
+
+    def process(self, frames, ctx: ChunkContext):
+        return {"frames": np.asarray(frames, np.float64) / 3}
+
+
+@dataclass(frozen=True)
+class DtypeProbe(Operator):
+    """Records the dtype of the frames it receives."""
+
+    name = "dtype_probe_test"
+
+    def resolve(self, spec: InputSpec) -> dict[str, OutputSpec]:
+        return {"kind": OutputSpec("nav", "int64")}
+
+    def process(self, frames, ctx: ChunkContext):
+        assert frames.dtype == ctx.spec.dtype == np.float32, (frames.dtype, ctx.spec.dtype)
+        return {"kind": np.zeros(len(frames), np.int64)}
+
+
+def test_frames_reach_the_next_step_in_their_declared_dtype(frames):
+    run_pipeline(Pipeline([Step(LooseFrames(), save=()), DtypeProbe()]), frames, chunk_frames=5)

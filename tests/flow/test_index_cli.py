@@ -224,6 +224,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_index_resumes_after_sigkill(cubes, tmp_path):
     """A killed ``diffraflow index`` re-run with the same command skips what was done and ends identical."""
     import signal

@@ -124,21 +124,19 @@ def test_hough_index_assumes_70_degrees_and_says_so():
 
 
 def test_crystal_map_writer_with_a_scan_of_unknown_step(tmp_path):
-    from diffraflow.flow.crystal_map import CrystalMapStoreWriter, read_crystal_map_record
+    from diffraflow.flow.crystal_map import read_crystal_map_record, write_crystal_map_store
+    from orix.crystal_map import CrystalMap, Phase, PhaseList
+    from orix.quaternion import Rotation
 
     scan = {"modality": "ebsd", "detector": {"shape": [60, 60]}}
-    phases = [{"id": 0, "name": "ni", "point_group": "m-3m"}]
-    rows = {"rotation": np.tile([1.0, 0, 0, 0], (2, 2, 1)), "phase_id": np.zeros((2, 2), int)}
-    with CrystalMapStoreWriter(tmp_path / "a.zarr", (2, 2), phases, step_size=(0.5, 0.5), scan_attrs=scan) as w:
-        w.write_rows(0, rows)
-        path = w.finalize()
+    xmap = CrystalMap(Rotation.identity(4), x=np.tile([0.0, 0.5], 2), y=np.repeat([0.0, 0.5], 2),
+                      phase_list=PhaseList(Phase("ni", point_group="m-3m")))
+    path = write_crystal_map_store(xmap, tmp_path / "a.zarr", scan_attrs=scan)
     _, _, record = read_crystal_map_record(path)
-    assert record["step_size"] == {"y": 0.5, "x": 0.5, "unit": "um"}  # the caller's step: the scan has none
+    assert record["step_size"] == {"y": 0.5, "x": 0.5, "unit": "um"}  # the map's step: the scan has none
     assert record["scan"]["step_size"] is None  # and the scan record still says "not known"
     scan["step_size"] = {"y": 2.0, "x": 3.0, "unit": "nm"}
-    with CrystalMapStoreWriter(tmp_path / "b.zarr", (2, 2), phases, scan_attrs=scan) as w:
-        w.write_rows(0, rows)
-        path = w.finalize()
+    path = write_crystal_map_store(xmap, tmp_path / "b.zarr", scan_attrs=scan)
     assert read_crystal_map_record(path)[2]["step_size"] == {"y": 2.0, "x": 3.0, "unit": "nm"}
 
 

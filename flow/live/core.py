@@ -293,7 +293,7 @@ class ReceiverCore:
         self.t_finished: float | None = None
         self.latest: tuple[int, np.ndarray] | None = None
         self._latest_time = 0.0
-        self._lock = threading.Condition()
+        self._lock = threading.Condition(threading.Lock())  # a plain lock: cheaper than the default RLock
         self._open: dict[int, _Shard] = {}
         self._free: list[int] = []
         self._ready: queue.Queue[_Shard | None] = queue.Queue()
@@ -501,6 +501,88 @@ class ReceiverCore:
                 self.peak_groups_in_use = max(self.peak_groups_in_use, self.n_groups - len(self._free))
             return self._buffers[shard.group][index - shard.start]
 
+    def open_slot(self, index: int) -> np.ndarray | None:
+        """The slot of frame ``index`` when its shard is open and the frame still awaited, else None.
+
+        Never waits and counts nothing: for clients that read a frame before
+        they know its index (a guess, checked before :meth:`commit`).
+        """
+        with self._lock:
+            led = self.ledger
+            if led is None or not 0 <= index < led.n or led.state[index] != Ledger.NONE:
+                return None
+            shard = self._open.get(self._shard_of(index))
+            if shard is None or shard.have[index - shard.start]:
+                return None
+            return self._buffers[shard.group][index - shard.start]
+
+    def put_run(self, first: int, frames: np.ndarray, fix: Callable[[np.ndarray], Any] | None = None) -> bool:
+        """Frames ``first, first + 1, ...`` (rows of ``frames``, bytes as sent) in one go.
+
+        For clients that find many frames back to back in their receive buffer:
+        each run inside one shard is one copy and one ledger update; anything
+        irregular (a duplicate, a late frame, an index out of range) goes frame
+        by frame through :meth:`frame_buffer` and :meth:`commit`. ``fix`` is
+        applied to each copied block (e.g. an in-place byte swap). Returns
+        False when the session is stopping (the client stops reading).
+
+        Examples
+        --------
+        >>> # core.put_run(100, rows_of_64_frames)  -> True
+        """
+        m, row, i = len(frames), 0, int(first)
+        while row < m:
+            with self._lock:
+                led = self.ledger
+                shard = None
+                if led is not None and 0 <= i < led.n:
+                    s = self._shard_of(i)
+                    take = min(m - row, self._shard_span(s)[1] - i)
+                    regular = not self._shard_written[s] and not led.state[i:i + take].any()
+                    shard = self._open.get(s) if regular else None
+                    if shard is not None and shard.have[i - shard.start:i - shard.start + take].any():
+                        shard = None
+            if shard is None:  # irregular, or a shard still to open (may wait for a free buffer)
+                slot = self.frame_buffer(i)
+                if slot is None:
+                    return False
+                slot[...] = frames[row]
+                if fix is not None:
+                    fix(slot)
+                self.commit(i)
+                row, i = row + 1, i + 1
+                continue
+            pos = i - shard.start
+            dest = self._buffers[shard.group][pos:pos + take]
+            dest[...] = frames[row:row + take]  # outside the lock: only this client writes an open shard
+            if fix is not None:
+                fix(dest)
+            now = time.time()
+            with self._lock:
+                shard.have[pos:pos + take] = True
+                shard.count += take
+                led.state[i:i + take] = Ledger.RECEIVED
+                led.arrival[i:i + take] = now
+                led.received += take
+                self._awaited -= take
+                if i < self._max_seen:
+                    led.count("out_of_order")
+                self._max_seen = max(self._max_seen, i + take - 1)
+                if self.t_first is None:
+                    self.t_first = now
+                self.t_last = now
+                self._last_activity = time.monotonic()
+                if self._resumed and self._first_after_resume is None:
+                    self._first_after_resume = i
+                if shard.count == shard.stop - shard.start:
+                    del self._open[shard.index]
+                    self._ready.put(shard)
+                if now - self._latest_time > 0.2:
+                    self._latest_time = now
+                    self.latest = (i + take - 1, dest[take - 1].copy())
+            row, i = row + take, i + take
+        return True
+
     def commit(self, index: int) -> None:
         """Frame ``index`` is in the buffer :meth:`frame_buffer` gave (no-op for a dropped frame)."""
         now = time.time()
@@ -620,7 +702,7 @@ class ReceiverCore:
         due: list[_Shard] = []
         with self._lock:
             led = self.ledger
-            if led is None:
+            if led is None or (not self._open and now - self._last_activity <= self.gap_timeout):
                 return
             for shard in list(self._open.values()):
                 if shard.overtaken is None and self._max_seen >= shard.stop:
@@ -637,8 +719,7 @@ class ReceiverCore:
                     del self._open[shard.index]
                     due.append(shard)
             silent = now - self._last_activity > self.gap_timeout
-            outstanding = bool(np.count_nonzero(led.state == Ledger.NONE))
-            if silent and outstanding and not self.stopping:
+            if silent and self._awaited > 0 and not self.stopping:
                 led.count("gap_timeouts")
                 self._end_scan_locked(f"no frame for --gap-timeout {self.gap_timeout:g} s (the scan was cut "
                                       "short or the detector went away)")
@@ -690,7 +771,9 @@ class ReceiverCore:
     def _finish_if_done(self) -> bool:
         with self._lock:
             led = self.ledger
-            if led is None or self.stopping or np.any(led.state < Ledger.PERSISTED):
+            if led is None or self.stopping or self._awaited or self._open or not self._ready.empty():
+                return False  # cheap checks first: this runs every few tens of milliseconds
+            if np.any(led.state < Ledger.PERSISTED):
                 return False
             todo = [s for s in range(self._n_shards()) if not self._shard_written[s]]
         # Shards with no frame at all (the scan was cut short) are written as zeros, all missing.

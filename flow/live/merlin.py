@@ -55,6 +55,7 @@ __all__ = ["MerlinClient", "MerlinServer", "acquisition_from_headers", "DEFAULT_
 
 #: The Merlin data port.
 DEFAULT_PORT = 6342
+_ONE_BYTE = ("U01", "U1", "U08")
 #: Longest acquisition header accepted (a real one is about 2 KiB).
 MAX_HDR_BYTES = 1 << 20
 #: Longest frame message accepted (a 24-bit quad frame is 1 MiB).
@@ -74,6 +75,8 @@ class _Wire:
         self.view = memoryview(self.buf)
         self.start = self.end = 0
         self.bytes_in = 0
+        #: Payload bytes from which a read goes straight from the socket into its slot (no copy).
+        self.direct = 32 << 10
 
     def _recv_into(self, view: memoryview) -> int:
         while True:
@@ -92,6 +95,12 @@ class _Wire:
 
     def available(self) -> int:
         return self.end - self.start
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes read past the buffer back in front of it (only when the buffer is empty)."""
+        assert self.start == self.end
+        self.buf[:len(data)] = data
+        self.start, self.end = 0, len(data)
 
     def fill(self, n: int) -> None:
         """Have at least ``n`` bytes buffered."""
@@ -128,7 +137,7 @@ class _Wire:
         done = take
         while done < len(dest):
             left = len(dest) - done
-            if left >= len(self.buf) // 4:
+            if left >= self.direct:
                 done += self._recv_into(dest[done:])  # big payloads: no copy through the buffer
             else:
                 self.fill(left)
@@ -179,8 +188,10 @@ def acquisition_from_headers(hdr: dict[str, str] | None, frame: FrameHeader, whe
     if frame.exposure_s is not None and 0 <= frame.exposure_s < float("inf"):
         attrs["exposure_s"] = frame.exposure_s
     series = hdr.get("Time and Date Stamp (day, mnth, yr, hr, min, s)") or None
+    # Pixels stay big-endian in the pool; the persister converts them while it writes (one pass fewer here).
+    wire = None if frame.raw or frame.wire_dtype.isnative else frame.wire_dtype
     return Acquisition(n_frames=n, det_shape=frame.frame_shape, dtype=frame.dtype, scan_shape=scan, attrs=attrs,
-                       flip_rows=FLIP_ROWS, series=series)
+                       flip_rows=FLIP_ROWS, series=series, wire_dtype=wire)
 
 
 class MerlinClient:
@@ -209,8 +220,11 @@ class MerlinClient:
     def resume_acquisition(self, det_shape: tuple[int, int], dtype: np.dtype, scan_shape: tuple[int, int],
                            attrs: dict[str, Any]) -> Acquisition:
         """The acquisition of a cube this protocol began (a resumed scan needs no new ``HDR``)."""
-        return Acquisition(n_frames=scan_shape[0] * scan_shape[1], det_shape=det_shape, dtype=np.dtype(dtype),
-                           scan_shape=scan_shape, attrs=attrs, flip_rows=FLIP_ROWS,
+        dtype = np.dtype(dtype)
+        raw = (attrs.get("original_metadata") or {}).get("pixel_type") == "R64"
+        wire = None if raw or dtype.itemsize == 1 else dtype.newbyteorder(">")
+        return Acquisition(n_frames=scan_shape[0] * scan_shape[1], det_shape=det_shape, dtype=dtype,
+                           scan_shape=scan_shape, attrs=attrs, flip_rows=FLIP_ROWS, wire_dtype=wire,
                            series=(attrs.get("original_metadata", {}).get("hdr") or {}).get(
                                "Time and Date Stamp (day, mnth, yr, hr, min, s)"))
 
@@ -263,8 +277,17 @@ class MerlinClient:
         hdr: dict[str, str] | None = None
         hdr_pending = False
         partial = False  # part of a message has been read
+        fast: tuple[int, int, bytes, FrameHeader] | None = None  # the first frame's fixed header fields
+        last = -1  # the last frame index read (the next one is usually last + 1)
         try:
             while not stop.is_set() and not core.finished.is_set() and not core.all_received():
+                if fast is not None and not hdr_pending and not wire.available():
+                    done = self._scatter(wire, core, fast, last + 1)
+                    if done < 0:
+                        return
+                    if done:
+                        last = done - 1
+                        continue
                 partial = wire.available() > 0
                 prefix = wire.peek(MPX_PREFIX_SIZE)
                 partial = True
@@ -278,8 +301,34 @@ class MerlinClient:
                     wire.skip(4)
                     self._resync(wire, core)
                     continue
-                wire.skip(MPX_PREFIX_SIZE)
                 payload = length - 1
+                if fast is not None and payload == fast[0] and not hdr_pending and \
+                        wire.available() >= 2 * (MPX_PREFIX_SIZE + payload):
+                    done = self._batch(wire, core, fast)  # whole frames back to back in the buffer
+                    if done < 0:
+                        return
+                    if done:
+                        partial = False
+                        continue
+                if fast is not None and payload == fast[0] and not hdr_pending:
+                    # Frames of one acquisition differ only in sequence number and time stamps: compare
+                    # the fixed fields (offset, chips, size, pixel type, layout) and read the sequence.
+                    _size, fixed_at, fixed, head = fast
+                    wire.fill(MPX_PREFIX_SIZE + head.header_size)
+                    at = wire.start + MPX_PREFIX_SIZE
+                    if wire.view[at + 10:at + fixed_at] == fixed and wire.view[at:at + 4] == b"MQ1,":
+                        digits = bytes(wire.view[at + 4:at + 10])
+                        if digits.isdigit():
+                            wire.skip(MPX_PREFIX_SIZE + head.header_size)
+                            index = int(digits) - 1
+                            slot = core.frame_buffer(index)
+                            if slot is None:
+                                return
+                            self._read_pixels(wire, head, slot)
+                            core.commit(index)
+                            partial, last = False, index
+                            continue
+                wire.skip(MPX_PREFIX_SIZE)
                 kind = wire.peek(min(3, payload))
                 if kind == b"HDR":
                     if payload > MAX_HDR_BYTES:
@@ -319,19 +368,115 @@ class MerlinClient:
                                f"acquisition {tuple(acq.det_shape)} {np.dtype(acq.dtype)}; skipped")
                     wire.skip(payload)
                     continue
+                raw_head = wire.peek(head.header_size)
                 wire.skip(head.header_size)
+                cut = _nth(raw_head, b",", 8)
+                if cut > 0 and raw_head[4:10].isdigit() and raw_head[10:11] == b",":
+                    fast = (payload, cut, raw_head[10:cut], head)
                 index = head.sequence - 1
                 slot = core.frame_buffer(index)
                 if slot is None:
                     return  # stopping
                 self._read_pixels(wire, head, slot)
                 core.commit(index)
-                partial = False
+                partial, last = False, index
         except _Closed:
             if partial or wire.available():
                 core.fault("truncated", f"the connection closed inside a message from {self.where}")
         finally:
             self.bytes_in += wire.bytes_in
+
+    def _scatter(self, wire: _Wire, core: ReceiverCore, fast: tuple[int, int, bytes, FrameHeader],
+                 guess: int) -> int:
+        """Read the next message with one scatter read: its header aside, its pixels straight into the slot
+        of frame ``guess`` (the one after the last). Returns the frame index + 1, 0 when the message was
+        something else (its bytes go back to the buffer), -1 when stopping.
+        """
+        payload, fixed_at, fixed, head = fast
+        if head.raw:
+            return 0
+        slot = core.open_slot(guess)  # only inside a shard already open: nothing to wait for or count
+        if slot is None:
+            return 0
+        size = MPX_PREFIX_SIZE + head.header_size
+        front = self._front if len(getattr(self, "_front", b"")) == size else bytearray(size)
+        self._front = front
+        parts = [memoryview(front), memoryview(slot)]
+        total, got = size + head.data_nbytes, 0
+        while got < total:
+            if wire.stop.is_set():
+                raise _Closed("stopped")
+            views = [parts[0][got:], parts[1]] if got < size else [parts[1][got - size:]]
+            try:
+                n = wire.sock.recvmsg_into(views)[0]
+            except TimeoutError:
+                if got:
+                    continue
+                return 0  # nothing came: back to the loop, which checks for a stop
+            except OSError as exc:
+                raise _Closed(str(exc)) from None
+            if n == 0:
+                if got:
+                    wire.unread(bytes(front[:min(got, size)]) + bytes(slot[:max(0, got - size)]))
+                raise _Closed("closed by the detector")
+            wire.bytes_in += n
+            got += n
+            if got >= size and (front[:MPX_PREFIX_SIZE] != mpx_prefix(payload) or front[size - head.header_size:
+                                                                                       size - head.header_size + 4] != b"MQ1,"):
+                break  # not a frame of this acquisition: hand the bytes back
+        at = MPX_PREFIX_SIZE
+        digits = bytes(front[at + 4:at + 10])
+        if got < total or front[at + 10:at + fixed_at] != fixed or not digits.isdigit():
+            wire.unread(bytes(front[:min(got, size)]) + bytes(slot[:max(0, got - size)]))
+            return 0
+        index = int(digits) - 1
+        if index != guess:  # out of order: the pixels go where they belong
+            other = core.frame_buffer(index)
+            if other is None:
+                return -1
+            other[...] = slot
+        core.commit(index)
+        return index + 1
+
+    @staticmethod
+    def _batch(wire: _Wire, core: ReceiverCore, fast: tuple[int, int, bytes, FrameHeader]) -> int:
+        """Take the whole frame messages waiting in the buffer at once; returns how many (-1: stopping).
+
+        All messages of an acquisition have one length, so the buffer is a
+        table of records: their prefixes and fixed header fields are checked
+        and their sequence numbers read with NumPy, and each run of
+        consecutive frames is one copy into the pool.
+        """
+        payload, fixed_at, fixed, head = fast
+        record = MPX_PREFIX_SIZE + payload
+        k = wire.available() // record
+        table = np.frombuffer(wire.buf, np.uint8, count=k * record, offset=wire.start).reshape(k, record)
+        at = MPX_PREFIX_SIZE
+        expected = np.frombuffer(mpx_prefix(payload) + b"MQ1,", np.uint8)
+        digits = table[:, at + 4:at + 10]
+        ok = (table[:, :at + 4] == expected).all(axis=1) & ((digits >= 48) & (digits <= 57)).all(axis=1)
+        ok &= (table[:, at + 10:at + fixed_at] == np.frombuffer(fixed, np.uint8)).all(axis=1)
+        m = k if ok.all() else int(np.argmin(ok))
+        if m < 2:
+            return 0
+        seq = (digits[:m].astype(np.int64) - 48) @ (10 ** np.arange(5, -1, -1, dtype=np.int64))
+        pixels = table[:m, at + head.header_size:]
+        breaks = [0, *(np.flatnonzero(np.diff(seq) != 1) + 1).tolist(), m]
+        try:
+            for a, b in zip(breaks[:-1], breaks[1:], strict=False):
+                if head.raw:
+                    for r in range(a, b):
+                        slot = core.frame_buffer(int(seq[r]) - 1)
+                        if slot is None:
+                            return -1
+                        decode_frame(pixels[r], head, out=slot.view(head.dtype).reshape(head.frame_shape))
+                        core.commit(int(seq[r]) - 1)
+                elif not core.put_run(int(seq[a]) - 1, pixels[a:b]):
+                    return -1
+        finally:
+            del table, pixels, digits
+        wire.skip(m * record)
+        return m
 
     @staticmethod
     def _read_pixels(wire: _Wire, head: FrameHeader, slot: np.ndarray) -> None:
@@ -340,9 +485,7 @@ class MerlinClient:
             wire.read_into(memoryview(data))
             decode_frame(data, head, out=slot.view(head.dtype).reshape(head.frame_shape))
             return
-        wire.read_into(memoryview(slot))
-        if not head.wire_dtype.isnative:
-            slot.view(head.dtype).byteswap(inplace=True)  # big-endian on the wire
+        wire.read_into(memoryview(slot))  # big-endian pixels are converted by the persister
 
     @staticmethod
     def _resync(wire: _Wire, core: ReceiverCore) -> None:
@@ -362,6 +505,22 @@ class MerlinClient:
             wire.fill(keep + 1)
         core.fault("junk_bytes", None, n=skipped)
         core.fault("malformed", f"skipped {skipped} bytes that were not a Merlin message")
+
+
+def _nth(data: bytes, sep: bytes, n: int) -> int:
+    """Index just after the ``n``-th ``sep`` in ``data`` (0 when there are fewer).
+
+    Examples
+    --------
+    >>> _nth(b"a,b,c,d", b",", 2)
+    4
+    """
+    at = -1
+    for _ in range(n):
+        at = data.find(sep, at + 1)
+        if at < 0:
+            return 0
+    return at + 1
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

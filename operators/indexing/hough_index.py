@@ -62,7 +62,8 @@ class HoughIndex(Operator):
     """
 
     name = "hough_index"
-    #: numpy: the numba CPU kernels; cupy: the CUDA path. The step's backend decides, nothing else.
+    #: numpy: the numba CPU kernels; cupy: the CUDA path (every stage on the GPU, CuPy frames indexed in
+    #: place). The step's backend decides, nothing else.
     backends = ("numpy", "cupy")
     # The indexer's numba kernels already run in parallel over all cores; two of them called at once
     # from the threads executor fight over the cores (measured: 333 against 2,238 frames/s on 2 cores).
@@ -244,9 +245,10 @@ class HoughIndex(Operator):
             nav = ctx.flat_start + np.arange(len(frames))
             if ctx.scan_index is not None:
                 nav = ctx.scan_index[:, 0] * ctx.spec.scan_shape[1] + ctx.scan_index[:, 1]
-        if type(frames).__module__.startswith("cupy"):
-            frames = frames.get()  # the indexer moves patterns to the GPU itself, in its own batches
-        result = indexer.index_chunk(np.asarray(frames), nav_indices=nav)
+        if indexer.backend != "cuda" and not isinstance(frames, np.ndarray):
+            frames = _to_host(frames)
+        # On CUDA, device frames (a previous GPU step's) are indexed where they are: no host round trip.
+        result = indexer.index_chunk(frames, nav_indices=nav)
         return {
             "rotation": result["quaternion"],
             "phase_id": result["phase_id"].astype(np.int32),
@@ -255,6 +257,13 @@ class HoughIndex(Operator):
             "pattern_quality": result["pattern_quality"].astype(np.float32),
             "n_bands": result["n_bands"].astype(np.int32),
         }
+
+
+def _to_host(frames: Any) -> np.ndarray:
+    """Host frames for the CPU kernels (CuPy arrays copied back, anything else through ``np.asarray``)."""
+    if type(frames).__module__.startswith("cupy"):
+        return frames.get()
+    return np.asarray(frames)
 
 
 def _indexer_backend(step_backend: str) -> str:

@@ -8,8 +8,10 @@ detector-to-sample rotation) and exposes two entry points:
   out; cheap to call repeatedly, it is what the pipeline engine calls per chunk;
 * :meth:`HoughIndexer.index`: a whole scan in, an orix ``CrystalMap`` out.
 
-The maths lives in the numba kernels of the sibling modules; the CuPy path of
-the image stages is in :mod:`diffraflow.operators.indexing.gpu`.
+The maths lives in the numba kernels of the sibling modules; the CUDA path
+(CuPy image stages, a numba-cuda kernel for everything after them) is in
+:mod:`diffraflow.operators.indexing.gpu` and
+:mod:`diffraflow.operators.indexing.cuda_kernels`.
 """
 
 from __future__ import annotations
@@ -144,7 +146,14 @@ class HoughIndexer:
     backend
         ``"auto"`` (CUDA if CuPy sees a device, else CPU), ``"cpu"`` or ``"cuda"``.
     batch_size
-        Patterns handed to a kernel at once by :meth:`index`.
+        Patterns handed to :meth:`index_chunk` at once by :meth:`index`.
+    gpu_batch_size
+        Patterns per GPU batch on the CUDA path; ``None`` (default) sizes
+        batches from the free GPU memory
+        (:func:`~diffraflow.operators.indexing.gpu.batch_size_for`).
+    gpu_radon
+        Radon transform on the GPU: ``"auto"``, ``"sparse"`` or ``"dense"``
+        (see :func:`~diffraflow.operators.indexing.gpu.build_state`).
 
     Examples
     --------
@@ -184,6 +193,8 @@ class HoughIndexer:
         dynamic_background: bool = False,
         backend: str = "auto",
         batch_size: int = 4096,
+        gpu_batch_size: int | None = None,
+        gpu_radon: str = "auto",
     ) -> None:
         self.phase_list, self._phase_ids = _as_phase_list(phase_list)
         if detector is None or not hasattr(detector, "shape"):
@@ -206,6 +217,13 @@ class HoughIndexer:
         self.refine_min = float(refine_min)
         self.refine_families = refine_families
         self.batch_size = int(batch_size)
+        if gpu_batch_size is not None and int(gpu_batch_size) < 1:
+            raise SchemaError("gpu_batch_size", f"must be at least 1, got {gpu_batch_size}",
+                              "leave it unset to size batches from the free GPU memory")
+        if gpu_radon not in ("auto", "sparse", "dense"):
+            raise SchemaError("gpu_radon", f"unknown Radon mode {gpu_radon!r}", "use 'auto', 'sparse' or 'dense'")
+        self.gpu_batch_size = None if gpu_batch_size is None else int(gpu_batch_size)
+        self.gpu_radon = gpu_radon
         # JSON-friendly record of the settings (stored with results by the CLI).
         self.options: dict[str, Any] = dict(
             n_bands=int(n_bands), n_theta=int(n_theta), rho_step=float(rho_step), mask_radius=mask_radius,
@@ -249,7 +267,44 @@ class HoughIndexer:
         ]
         self._pack_tables()
         self.backend = self._resolve_backend(backend)
-        self._gpu_state = None
+        if self.backend == "cuda":
+            self.check_cuda_limits()
+        # The device the CUDA path runs on (None: CuPy's current device; the
+        # tests put gpu.SimulatorOps here) and its constants, one set per device.
+        self._gpu_ops = None
+        self._gpu_states: dict = {}
+
+    def __getstate__(self) -> dict:
+        # Device constants, streams and pinned buffers stay with their process.
+        state = self.__dict__.copy()
+        state["_gpu_ops"] = None
+        state["_gpu_states"] = {}
+        return state
+
+    def check_cuda_limits(self) -> None:
+        """Refuse settings the CUDA kernel cannot run (fixed-size shared memory), before any data moves.
+
+        Examples
+        --------
+        >>> from kikuchipy.detectors import EBSDDetector
+        >>> from diffraflow.operators.crystallography import get_phase
+        >>> ix = HoughIndexer([get_phase("ni")], EBSDDetector((20, 20)), n_bands=40, backend="cpu")
+        >>> ix.check_cuda_limits()
+        Traceback (most recent call last):
+        ...
+        diffraflow.schemas.errors.SchemaError: n_bands: 40 bands exceed the CUDA kernel's 32 (fix: use at most 32 bands, or backend='cpu')
+        """
+        from diffraflow.operators.indexing.cuda_kernels import MAX_BANDS, MAX_PHASES, MAX_SELECT
+
+        limits = (("n_bands", self.n_bands, MAX_BANDS, "bands"), ("n_select", self.n_select, MAX_SELECT, "hypotheses"),
+                  ("phase_list", len(self._phase_ids), MAX_PHASES, "phases"))
+        for name, value, most, what in limits:
+            if value > most:
+                raise SchemaError(name, f"{value} {what} exceed the CUDA kernel's {most}",
+                                  f"use at most {most} {what}, or backend='cpu'")
+        if max(len(t.symmetry) for t in self.tables) > 24:
+            raise SchemaError("phase_list", "a phase has more than 24 proper symmetry operations",
+                              "check the phase's point group")
 
     # ------------------------------------------------------------------ setup
     def _background(self, bg, mode):
@@ -325,6 +380,12 @@ class HoughIndexer:
 
     # -------------------------------------------------------------- per chunk
     def _check_patterns(self, patterns) -> np.ndarray:
+        if self.backend == "cuda" and type(patterns) is not np.ndarray:
+            from diffraflow.operators.indexing import gpu
+
+            ops = self._gpu_ops or gpu.CupyOps()
+            if ops.is_device_array(patterns):
+                return self._check_device_patterns(patterns, ops)
         pats = np.asarray(patterns)
         if pats.ndim == 2 and pats.shape == self.shape:
             pats = pats[None]
@@ -336,6 +397,22 @@ class HoughIndexer:
             )
         if not np.issubdtype(pats.dtype, np.number) or np.iscomplexobj(pats):
             raise SchemaError("patterns", f"dtype {pats.dtype} is not real", "pass integer or float patterns")
+        return pats
+
+    def _check_device_patterns(self, patterns, ops):
+        """Device patterns (CuPy, or anything with ``__cuda_array_interface__``) checked in place, not copied."""
+        pats = patterns if isinstance(patterns, (np.ndarray, ops.xp.ndarray)) else ops.xp.asarray(patterns)
+        dtype = np.dtype(pats.dtype)
+        if pats.ndim == 2 and tuple(pats.shape) == self.shape:
+            pats = pats.reshape(1, *self.shape)
+        if pats.ndim < 3 or tuple(pats.shape[-2:]) != self.shape:
+            raise SchemaError(
+                "patterns",
+                f"shape {tuple(pats.shape)} does not end in the detector shape {self.shape}",
+                "pass (n, rows, cols) or (scan_y, scan_x, rows, cols) patterns matching detector.shape",
+            )
+        if dtype.kind not in "uif":
+            raise SchemaError("patterns", f"dtype {dtype} is not real", "pass integer or float patterns")
         return pats
 
     def _chunk_pcs(self, n: int, pc, nav_indices) -> np.ndarray:
@@ -362,7 +439,8 @@ class HoughIndexer:
         Parameters
         ----------
         patterns
-            ``(n, rows, cols)`` (or ``(..., rows, cols)``) real array.
+            ``(n, rows, cols)`` (or ``(..., rows, cols)``) real array; on the
+            CUDA backend also a device array (CuPy), indexed in place.
         pc
             Optional Bruker PC, ``(3,)`` or ``(n, 3)``, overriding the detector's.
         nav_indices
@@ -391,13 +469,14 @@ class HoughIndexer:
         """
         pats = self._check_patterns(patterns)
         pats = pats.reshape(-1, self.shape[0] * self.shape[1])
-        if not pats.flags.c_contiguous:
+        if isinstance(pats, np.ndarray) and not pats.flags.c_contiguous:
             pats = np.ascontiguousarray(pats)
         n = pats.shape[0]
         pcs = self._chunk_pcs(n, pc, nav_indices)
         if self.backend == "cuda":
             from diffraflow.operators.indexing import gpu
 
+            # Device patterns (frames of a previous GPU step) stay where they are.
             out = gpu.index_chunk_cuda(self, pats, pcs)
         else:
             out = self._index_cpu(pats, pcs)
@@ -469,14 +548,20 @@ class HoughIndexer:
         >>> _ = ix.warm_up("uint8"); ix.kernels_cached("uint8")
         True
         """
-        from diffraflow.operators.indexing.kernel import index_filtered_cpu, index_patterns_cpu
+        from diffraflow.operators.indexing.kernel import index_patterns_cpu
 
         dtype = np.dtype(dtype)
         pcs = self._chunk_pcs(1, None, np.zeros(1, dtype=np.int64))
         out = self._empty_outputs(1)
         if self.backend == "cuda":
-            filt = np.zeros((*self.valid.shape, 1), dtype=np.float32)
-            return _in_numba_cache(index_filtered_cpu, self._filtered_args(filt, pcs, out))
+            from diffraflow.operators.indexing.cuda_kernels import scratch_shapes, vote_kernel
+
+            # Host arrays of the device arrays' types: numba-cuda types both alike.
+            score, quat = scratch_shapes(1)
+            filt = np.zeros((1, *self.valid.shape), dtype=np.float32)
+            args = (filt, self.valid, self.plan.rho_step, *self._voting_args(pcs), np.zeros(score, np.int32),
+                    np.zeros(quat), *out.values())
+            return _in_numba_cache(vote_kernel, args)
         kernel_dtype = dtype if dtype in [np.dtype(d) for d in _KERNEL_DTYPES] else np.dtype(np.float32)
         pats = np.zeros((1, self.shape[0] * self.shape[1]), dtype=kernel_dtype)
         return _in_numba_cache(index_patterns_cpu, self._cpu_args(pats, pcs, out))

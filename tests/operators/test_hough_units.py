@@ -183,7 +183,6 @@ def test_chunking_independent_and_tables_built_once(ni_phase, ni_detector, ni_dy
 
 def test_gpu_image_stages_with_numpy_match_cpu_kernel(ni_phase, ni_dynamical_mp):
     """The CuPy path's array code, run with NumPy/SciPy, equals the numba path."""
-    import scipy.ndimage as ndi
     from diffraflow.operators.indexing import gpu
     from diffraflow.operators.indexing.testing import simulate_patterns
 
@@ -193,9 +192,9 @@ def test_gpu_image_stages_with_numpy_match_cpu_kernel(ni_phase, ni_dynamical_mp)
     bg = np.full(det.shape, 2.0)
     for kw in (dict(), dict(dynamic_background=True, static_background=bg, background_mode="divide")):
         ix = HoughIndexer([ni_phase], det, backend="cpu", **kw)
-        st = gpu.build_state(ix, xp=np, ndimage=ndi)
+        st = gpu.build_state(ix, gpu.SimulatorOps(), radon="sparse")
         filt = gpu.image_stages(pats.reshape(len(pats), -1), st)
-        assert filt.shape == (ix.plan.n_theta, ix.plan.n_rho, len(pats))
+        assert filt.shape == (len(pats), ix.plan.n_theta, ix.plan.n_rho)
         a = gpu.index_filtered(ix, filt, ix.pcs)
         b = ix.index_chunk(pats)
         np.testing.assert_array_equal(a["phase_id"], b["phase_id"])

@@ -346,9 +346,12 @@ def cmd_slow(args) -> list[dict]:
         pipe = work / "slow.json"
         pipe.write_text(json.dumps({"pipeline": 1, "output": {"chunk_frames": chunk},
                                     "steps": [{"op": "test_slow", "params": {"delay": delay}}]}))
-        got = live_run(cube, work, args.rate[0], str(pipe),
-                       ["--plugin", "tests.flow.engine_fixtures", "--scheduler", "threads", "--workers", "1"])
-        got.update(kind=args.kind, rate=args.rate[0], frames=n, slowdown=args.slowdown, delay_per_chunk_s=delay)
+        extra = ["--plugin", "tests.flow.engine_fixtures", "--scheduler", "threads", "--workers", "1"]
+        if args.slots:
+            extra += ["--slots", str(args.slots)]
+        got = live_run(cube, work, args.rate[0], str(pipe), extra)
+        got.update(kind=args.kind, rate=args.rate[0], frames=n, slowdown=args.slowdown, delay_per_chunk_s=delay,
+                   slots_asked=args.slots)
         rows.append(got)
         print(json.dumps(got), flush=True)
     return rows
@@ -375,6 +378,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, nargs="+", default=[20000])
     parser.add_argument("--rate", type=float, nargs="+", default=[0.0])
     parser.add_argument("--slowdown", type=float, default=10.0)
+    parser.add_argument("--slots", type=int, default=None, help="slow: the receive pool (frames)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--receivers", nargs="+", default=["ours", "libertem", "plain"])
     parser.add_argument("--libertem-python", default=None)

@@ -221,5 +221,6 @@ def run_replay(args) -> int:
                                                  flush=True))
     if not args.quiet:
         print(f"diffraflow replay: sent {stats['sent']} frames in {stats['seconds']:.2f} s "
-              f"({stats['rate_fps']:.0f} frames/s); held back by the receiver for {stats['blocked_s']:.2f} s")
+              f"({stats['rate_fps']:.0f} frames/s); {stats['blocked_s']:.2f} s spent in send calls over 1 ms "
+              "(the receiver holding it back, or a busy machine)")
     return 0

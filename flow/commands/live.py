@@ -191,9 +191,19 @@ def run_live(args) -> int:
                           attrs=_user_attrs(args), executor=args.scheduler, workers=args.workers,
                           chunk_frames=args.chunk_frames, window=args.window, progress=not args.quiet,
                           on_ready=on_ready, command=shlex.join(["diffraflow", "live", *sys.argv[2:]]))
+    import signal
+    import threading
+
+    def terminate(signum, frame):  # a polite kill ends the session like Ctrl-C: same report, resumable
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         report = session.run()
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if view is not None:
             view.stop()
     if not args.quiet and sys.stderr.isatty():

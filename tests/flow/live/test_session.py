@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from diffraflow.flow.engine import run_pipeline
 from diffraflow.flow.live.core import ReceiverCore
 from diffraflow.flow.live.inprocess import InProcessStream
@@ -184,3 +185,30 @@ def test_timeout_stops_early_and_the_same_command_resumes(tmp_path):
     received = open_cube(tmp_path / "raw.zarr")["received"].values.reshape(-1).astype(bool)
     assert summary["missing"] == int((~received).sum())
     assert summary["processed"] == 160
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_terminate_stops_with_the_report_and_a_later_start_resumes(tmp_path, sig):
+    frames = frames12(120, (8, 8), seed=16)
+    (tmp_path / "p.json").write_text(json.dumps(PIPELINE))
+    server = MerlinServer(frames, scan_shape=(6, 20), port=0, rate=60).start()
+    try:
+        first = subprocess.Popen(_live_cmd(server.port, tmp_path), env=_env(), cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        # Once results are being written (an interrupt while the result store is being created leaves a
+        # store that cannot be resumed: reported to the engine's owners).
+        while time.monotonic() < deadline and not list((tmp_path / "out.zarr" / "_progress").glob("round0/*.done")):
+            time.sleep(0.05)
+        first.send_signal(sig)
+        out, err = first.communicate(timeout=60)
+        early = json.loads((tmp_path / "out.zarr.live.json").read_text())
+        second = subprocess.run(_live_cmd(server.port, tmp_path), env=_env(), cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60)
+    finally:
+        server.stop()
+    assert first.returncode == 130, err
+    assert early["state"] == "stopped early (interrupted; resumable)" and "stopped early" in out
+    assert acquisition_progress(tmp_path / "raw.zarr")["state"] == "complete", second.stdout + second.stderr
+    assert second.returncode in (0, 1), second.stderr
+    assert json.loads((tmp_path / "out.zarr.live.json").read_text())["processed"] == 120

@@ -151,3 +151,51 @@ def test_unreachable_detector_is_one_line_and_exit_status_2(tmp_path, capsys):
     assert status == 2 and len(err) == 1
     assert err[0].startswith(f"diffraflow live: error: tcp://127.0.0.1:{port}: cannot connect to the Merlin data port")
     assert "(fix: check the address" in err[0] and not (tmp_path / "raw.zarr").exists()
+
+
+LIBERTEM_PYTHON = __import__("os").environ.get("DIFFRAFLOW_LIBERTEM_PYTHON")
+
+
+@pytest.mark.skipif(not LIBERTEM_PYTHON or not MIB.is_file(),
+                    reason="set DIFFRAFLOW_LIBERTEM_PYTHON to a Python with libertem-live (a third-party simulator)")
+def test_third_party_simulator_with_garbage_feeds_a_cube_equal_to_convert(tmp_path):
+    """LiberTEM-live's own Merlin simulator (garbage before the header, triggered over its control port)."""
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    sim = subprocess.Popen([LIBERTEM_PYTHON, "-m", "libertem_live.detectors.merlin.sim", str(MIB.with_suffix(".hdr")),
+                            "--host", "127.0.0.1", "--data-port", str(ports[0]), "--control-port", str(ports[1]),
+                            "--trigger-port", str(ports[2]), "--nav-shape", "2", "4", "--garbage"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trigger = ("from libertem_live.detectors.merlin.control import MerlinControl\n"
+               f"with MerlinControl(host='127.0.0.1', port={ports[1]}) as c:\n"
+               "    c.cmd('STARTACQUISITION'); c.cmd('SOFTTRIGGER')\n")
+
+    def arm():
+        time.sleep(2.0)
+        subprocess.run([LIBERTEM_PYTHON, "-c", trigger], timeout=60)
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", ports[1]), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        threading.Thread(target=arm, daemon=True).start()
+        report = _receive(ports[0], tmp_path / "raw.zarr", scan_shape=(2, 4), gap_timeout=5)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    convert([MIB], tmp_path / "converted.zarr")
+    assert report.exit_status == 0 and report.summary["faults"]["junk_bytes"] > 0
+    assert np.array_equal(open_cube(tmp_path / "raw.zarr")["patterns"].values,
+                          open_cube(tmp_path / "converted.zarr")["patterns"].values)

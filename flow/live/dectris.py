@@ -4,7 +4,7 @@ The detector's PUSH socket (port 31001) sends a ``start`` map when armed
 (``number_of_images``, ``image_size_x``/``_y``, ``channels``, ``count_time``,
 ``series_unique_id``...), one ``image`` map per exposure (``image_id`` from 0,
 ``data``: channel name -> multi-dimensional array) and ``end`` at disarm.
-Arrays are CBOR tag 40 (``[dims, typed array]``, row-major) around an
+Arrays are CBOR tag 40 (``[dims, typed array]``, row-major; tag 1040 column-major) around an
 RFC 8746 typed array (tags 64-87: unsigned, signed or float, either byte
 order), whose byte string may be a DECTRIS compression tag 56500
 (``[algorithm, element size, compressed bytes]``, ``bslz4`` or ``lz4`` in
@@ -52,7 +52,7 @@ TYPED_ARRAY_TAGS = {
 }
 _TAG_OF = {np.dtype(v).str if np.dtype(v).itemsize > 1 else np.dtype(v).kind + "1": k
            for k, v in TYPED_ARRAY_TAGS.items() if k != 68}
-MULTI_DIM, COMPRESSED = 40, 56500
+MULTI_DIM, MULTI_DIM_COLUMN_MAJOR, COMPRESSED = 40, 1040, 56500
 #: Largest message accepted (bytes); a 16-Mpixel 32-bit frame is 64 MiB.
 MAX_MESSAGE_BYTES = 256 << 20
 
@@ -89,7 +89,7 @@ def _resolve(obj: Any) -> Any:
             if len(raw) % dtype.itemsize:
                 raise MalformedMessage(f"typed array of {len(raw)} bytes is not whole {dtype} elements")
             return np.frombuffer(raw, dtype)
-        if tag == MULTI_DIM:
+        if tag in (MULTI_DIM, MULTI_DIM_COLUMN_MAJOR):
             try:
                 dims, contents = value
                 dims = [int(d) for d in dims]
@@ -98,7 +98,7 @@ def _resolve(obj: Any) -> Any:
             array = _resolve(contents)
             if not isinstance(array, np.ndarray) or int(np.prod(dims)) != array.size:
                 raise MalformedMessage(f"multi-dimensional array of dims {dims} does not match its contents")
-            return array.reshape(dims)
+            return array.reshape(dims, order="F" if tag == MULTI_DIM_COLUMN_MAJOR else "C")
         return obj  # other tags stay as they are (never evaluated)
     if isinstance(obj, dict):
         return {k: (_resolve(v) if k != "data" or not isinstance(v, dict) else v) for k, v in obj.items()}

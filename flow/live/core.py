@@ -361,7 +361,10 @@ class ReceiverCore:
         try:
             self._attach(acq, writer)
         except BaseException:
-            writer.abort()
+            if writer.acquisition_extra:
+                writer._release()  # a resumed cube stays resumable (the stream did not match it)
+            else:
+                writer.abort()
             raise
 
     def _attach(self, acq: Acquisition, writer: Any) -> None:

@@ -150,7 +150,7 @@ def test_killed_receiver_resumes_into_the_same_stores_and_reports_the_lost_indic
                                 capture_output=True, text=True, timeout=120)
     finally:
         server.stop()
-    assert second.returncode == 1, second.stderr
+    assert second.returncode == 1 and (tmp_path / "out.zarr.live.json").is_file(), second.stderr
     summary = json.loads((tmp_path / "out.zarr.live.json").read_text())
     cube = open_cube(tmp_path / "raw.zarr")
     received = cube["received"].values.reshape(-1).astype(bool)
@@ -212,3 +212,21 @@ def test_ctrl_c_or_terminate_stops_with_the_report_and_a_later_start_resumes(tmp
     assert acquisition_progress(tmp_path / "raw.zarr")["state"] == "complete", second.stdout + second.stderr
     assert second.returncode in (0, 1), second.stderr
     assert json.loads((tmp_path / "out.zarr.live.json").read_text())["processed"] == 120
+
+
+def test_a_result_store_cut_short_while_being_created_is_made_anew(tmp_path):
+    """A receiver killed while the result store's arrays were being created leaves no result: start afresh."""
+    import gc
+    import shutil
+
+    from diffraflow.flow.live.session import LiveResultStore
+
+    frames = frames12(16, (8, 8), seed=17).reshape(4, 4, 8, 8)
+    run_pipeline(PIPELINE, frames, tmp_path / "r.zarr")
+    record = json.loads((tmp_path / "r.zarr" / "zarr.json").read_text())
+    record["attributes"]["diffraflow"]["complete"] = False
+    (tmp_path / "r.zarr" / "zarr.json").write_text(json.dumps(record))
+    shutil.rmtree(tmp_path / "r.zarr" / "mean_pattern" / "mean")  # as if killed before this array existed
+    gc.collect()
+    report = run_pipeline(PIPELINE, frames, LiveResultStore(tmp_path / "r.zarr"))
+    assert report.computed > 0 and "mean_pattern/mean" in report.results

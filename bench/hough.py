@@ -453,7 +453,7 @@ def _append(table: str, cmd: str, n: int, repeats: int) -> None:
         f"Command: `{cmd}` ({stamp})\n\n" + table + "\n"
     )
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find("\n## Hough indexing")
+    start = text.find("\n## Hough indexing\n")  # not "## Hough indexing on the GPU"
     if start >= 0:  # replace only our own section
         end = text.find("\n## ", start + 1)
         text = text[:start] + "\n" + section + (text[end:] if end >= 0 else "")

@@ -7,7 +7,8 @@ Modules: :mod:`~diffraflow.operators.indexing.radon` (look-up-table Radon transf
 :mod:`~diffraflow.operators.indexing.voting` (hypotheses, votes, least squares),
 :mod:`~diffraflow.operators.indexing.refine` (guided re-measurement of every predicted band),
 :mod:`~diffraflow.operators.indexing.kernel` (fused CPU kernel),
-:mod:`~diffraflow.operators.indexing.gpu` (CuPy path, imported lazily),
+:mod:`~diffraflow.operators.indexing.gpu` (CUDA path: CuPy image stages, pinned buffers, streams; CuPy imported lazily),
+:mod:`~diffraflow.operators.indexing.cuda_kernels` (numba-cuda kernel: peaks to orientations, one block per pattern),
 :mod:`~diffraflow.operators.indexing.indexer` (:class:`HoughIndexer`),
 :mod:`~diffraflow.operators.indexing.testing` (seeded simulated patterns for tests and benchmarks).
 

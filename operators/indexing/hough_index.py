@@ -11,6 +11,19 @@ The projection centre comes from the cube's metadata (the per-point ``pc``
 variable when present, else ``detector.pc``) unless given as a parameter; the
 cube's ``static_background`` variable is subtracted when present.
 
+On the GPU (step ``backend: cupy``, ``diffraflow index --backend cuda``) every
+stage runs on the device (:mod:`diffraflow.operators.indexing.gpu`) and only
+per-pattern results come back; frames that arrive as CuPy arrays (a previous
+GPU step's output) are indexed where they are. Several GPUs: one worker per
+GPU, each building its own indexer constants on its own device in
+:meth:`HoughIndex.setup` (constants are never shipped) -- dask-cuda's
+``LocalCUDACluster`` for ``--scheduler local`` when a step is on a GPU, or for
+a scheduler address workers started as ``dask cuda worker ADDRESS --resources
+GPU=1``; GPU tasks then ask for one ``GPU`` each. One chunk at a time per
+worker (``max_concurrency``): the indexer overlaps copies and compute inside a
+chunk, so chunks of tens of thousands of frames (``--chunk-frames``) keep a GPU
+busy.
+
 Examples
 --------
 >>> from diffraflow.operators.base import InputSpec

@@ -4,7 +4,10 @@ The picture follows from an output's dimensions: a scan map
 ``(scan_y, scan_x)`` becomes an image, a stack of virtual images
 ``(scan_y, scan_x, mask)`` a panel per mask, a detector-shaped reduction
 ``(det_y, det_x)`` a pattern, a ``decomposition`` product a scree plot
-with factors and loading maps, and a ``crystal_map`` product the pictures
+with factors and loading maps (``incremental_pca``) or, for the other
+decompositions, the pictures of :mod:`diffraflow.flow.decomposition_plots`
+(scree, factors over loadings, memberships, SVD-loading scatter with
+membership contours, error per iteration), and a ``crystal_map`` product the pictures
 ``diffraflow export X.png`` draws (IPF map with its colour key, confidence,
 fit and phase maps; points below the default confidence threshold count as
 not indexed). Frame-shaped outputs (corrected patterns) are
@@ -97,6 +100,12 @@ def plot_result_store(results: str | os.PathLike, prefix: str | os.PathLike,
         names = list(step.get("variables", sub.array_keys()))
         if step.get("product") == "crystal_map":
             written.extend(_crystal_map_pictures(results, step_name, step, f"{prefix}_{step_name}", overwrite))
+            continue
+        if step.get("product") == "decomposition" and step.get("operator") != "incremental_pca":
+            from diffraflow.flow.decomposition_plots import plot_decomposition_group
+
+            written.extend(plot_decomposition_group(sub, step, f"{prefix}_{step_name}", attrs=scan_attrs,
+                                                    overwrite=overwrite))
             continue
         if step.get("product") == "decomposition" and {"factors", "loadings"} <= set(names):
             written.append(plots.plot_decomposition(

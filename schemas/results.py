@@ -81,6 +81,16 @@ PRODUCTS: dict[str, ProductSpec] = {
             "loadings": VariableSpec((*_NAV, "component"), "f", "per-point weight of each component"),
             "explained_variance": VariableSpec(("component",), "f", "variance explained per component",
                                                required=False),
+            "explained_variance_ratio": VariableSpec(("component",), "f", "share of the total variance per "
+                                                     "component (the scree plot)", required=False),
+            "memberships": VariableSpec((*_NAV, "component"), "f", "fuzzy-cluster membership per point "
+                                        "(rows sum to 1)", required=False),
+            "error": VariableSpec(("iteration",), "f", "loss or objective after each iteration (NaN after "
+                                  "the last)", required=False),
+            "svd_loadings": VariableSpec((*_NAV, "svd_component"), "f", "SVD loadings a method worked on "
+                                         "(clustering, VCA)", required=False),
+            "centres": VariableSpec(("component", "svd_component"), "f", "cluster centres in SVD-loading "
+                                    "space", required=False),
         },
         attributes=("method",),
         description="SVD/PCA/ICA/NMF factors and loadings; fuzzy-clustering memberships as loadings",

@@ -137,7 +137,8 @@ class IncrementalPCA(Operator):
             "explained_variance": OutputSpec("single", "float64", (k,), ("component",),
                                              "variance along each component", "decomposition"),
             "explained_variance_ratio": OutputSpec("single", "float64", (k,), ("component",),
-                                                   "share of the total variance along each component"),
+                                                   "share of the total variance along each component",
+                                                   "decomposition"),
             "mean": OutputSpec("sig", "float64", det, ("det_y", "det_x"), "mean frame subtracted before PCA"),
         }
 

@@ -180,7 +180,12 @@ class CupyOps(DeviceOps):
         dev.set(host, stream=stream)
 
     def d2h(self, dev: Any, host: np.ndarray, stream: Any) -> None:
-        dev.get(stream=stream, out=host)
+        try:
+            # CuPy waits for the copy unless told not to; the slot's stream is synchronised before its
+            # buffers are read (gpu._finish), which is what lets copy-out overlap the next batch.
+            dev.get(stream=stream, out=host, blocking=False)
+        except TypeError:  # CuPy < 13: no 'blocking', copies into pinned memory are asynchronous already
+            dev.get(stream=stream, out=host)
 
     def to_host(self, dev: Any) -> np.ndarray:
         return self.cp.asnumpy(dev)

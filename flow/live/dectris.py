@@ -291,6 +291,7 @@ class DectrisClient:
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         connected, ever = False, False
+        down_since = time.monotonic()
         t0 = time.monotonic()
         start: dict[str, Any] | None = None
         start_pending = False
@@ -305,8 +306,13 @@ class DectrisClient:
                             core.fault("reconnects", f"reconnected to {self.where}")
                         connected = ever = True
                     elif event == zmq.EVENT_DISCONNECTED and connected:
-                        connected = False
+                        connected, down_since = False, time.monotonic()
                         core.fault("disconnects", f"the connection to {self.where} dropped; reconnecting")
+                if ever and not connected and core.acquisition is None and \
+                        time.monotonic() - down_since > self.connect_timeout:
+                    raise DetectorUnreachableError(self.where, "the connection dropped before an acquisition "
+                                                   f"started and did not come back within {self.connect_timeout:g} s",
+                                                   "check the detector, then run the same command again")
                 if not ever and time.monotonic() - t0 > self.connect_timeout:
                     raise DetectorUnreachableError(self.where, "no DECTRIS stream answers there",
                                                    "check the address (--connect HOST:PORT, port 31001 by "

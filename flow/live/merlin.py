@@ -249,7 +249,14 @@ class MerlinClient:
             try:
                 sock = self._connect(min(2.0, self.connect_timeout))
             except OSError as exc:
-                if first and time.monotonic() - t0 > self.connect_timeout:
+                gone = time.monotonic() - t0 > self.connect_timeout
+                if gone and not first and core.acquisition is None:
+                    # Dropped before any acquisition began: no gap timeout can end this, so say so.
+                    raise DetectorUnreachableError(self.where, f"the connection dropped before an acquisition "
+                                                   f"started and did not come back within {self.connect_timeout:g} "
+                                                   f"s ({exc.strerror or exc})", "check the detector, then run "
+                                                   "the same command again") from None
+                if first and gone:
                     raise DetectorUnreachableError(self.where, f"cannot connect to the Merlin data port "
                                                    f"({exc.strerror or exc})",
                                                    "check the address and port (--connect HOST:PORT), that the "
@@ -271,6 +278,7 @@ class MerlinClient:
                 return
             if not stop.is_set() and not core.finished.is_set() and not core.stopping:
                 core.fault("disconnects", f"the connection to {self.where} dropped; reconnecting")
+                t0 = time.monotonic()  # the detector has connect_timeout seconds to come back
 
     def _receive(self, sock: socket.socket, core: ReceiverCore, stop: threading.Event) -> None:
         wire = _Wire(sock, stop)

@@ -199,3 +199,21 @@ def test_third_party_simulator_with_garbage_feeds_a_cube_equal_to_convert(tmp_pa
     assert report.exit_status == 0 and report.summary["faults"]["junk_bytes"] > 0
     assert np.array_equal(open_cube(tmp_path / "raw.zarr")["patterns"].values,
                           open_cube(tmp_path / "converted.zarr")["patterns"].values)
+
+
+def test_detector_gone_before_the_acquisition_started_is_one_line_not_a_hang(tmp_path, capsys):
+    import threading
+
+    sender = ScriptedSender([[b"JUNK" * 100]])  # a connection that only sends junk and closes
+    port = sender.port
+
+    def close_after_serving():
+        sender.thread.join(30)
+        sender.close()  # then nothing listens any more
+
+    threading.Thread(target=close_after_serving, daemon=True).start()
+    status = main(["live", "--protocol", "merlin", "--connect", f"127.0.0.1:{port}", "--output",
+                   str(tmp_path / "raw.zarr"), "--connect-timeout", "1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert "the connection dropped before an acquisition started and did not come back within 1 s" in err[0]

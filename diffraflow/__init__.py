@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orix.crystal_map import CrystalMap
 
 # In a source checkout the three packages sit beside this folder (flow/, operators/, schemas/ at the
 # repository root); let them be found as diffraflow.flow and so on. Installed wheels hold them inside.
 _checkout = Path(__file__).resolve().parent.parent
 if (_checkout / "pyproject.toml").is_file() and (_checkout / "flow" / "__init__.py").is_file():
-    __path__.append(str(_checkout))  # type: ignore[name-defined]  # a package's __path__ is a list
+    __path__.append(str(_checkout))
 
 __all__ = ["open_cube", "create_cube", "Pipeline", "Step", "load_pipeline", "run", "open_results", "index",
            "operator", "list_operators", "__version__"]
@@ -60,7 +63,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'diffraflow' has no attribute {name!r}")
 
 
-def index(cube: str, output: str | None = None, **params: Any):
+def index(cube: str, output: str | None = None, **params: Any) -> CrystalMap:
     """Hough-index an EBSD cube into a crystal map (an orix ``CrystalMap``), through the ``hough_index`` pipeline.
 
     Parameters

@@ -19,20 +19,28 @@ import argparse
 import errno
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn, TypeAlias, TypeVar
 
 from diffraflow.schemas.errors import DiffraflowError
+
+if TYPE_CHECKING:
+    #: What each command module's ``register(subparsers)`` receives: the ``diffraflow`` parser's subcommands.
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "positive_int", "non_negative_int", "positive_float",
            "OneLineParser"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = ("demo", "simulate", "convert", "info", "validate", "run", "operators", "index", "export",
-                   "schema", "train", "live")
+                   "schema", "train", "live", "evaluate")
 
 
-def _number_type(kind: type, test, words: str):
-    def parse(text: str):
+_Number = TypeVar("_Number", int, float)
+
+
+def _number_type(kind: type[_Number], test: Callable[[_Number], bool], words: str) -> Callable[[str], _Number]:
+    def parse(text: str) -> _Number:
         try:
             value = kind(text)
         except ValueError:
@@ -64,7 +72,7 @@ class OneLineParser(argparse.ArgumentParser):
     SystemExit: 2
     """
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (fix: see '{self.prog} --help')", file=sys.stderr)
         raise SystemExit(2)
 

@@ -32,13 +32,13 @@ from typing import Any, cast
 
 import numpy as np
 from diffraflow.flow.readers import open_reader
-from diffraflow.flow.readers.base import DEFAULT_BATCH_BYTES, Probe, Variable
+from diffraflow.flow.readers.base import DEFAULT_BATCH_BYTES, Probe, Reader, Variable
 from diffraflow.flow.readers.crystal import (
     find_sidecar_crystal_map,
     load_crystal_map_file,
     xmap_to_variables,
 )
-from diffraflow.flow.store import create_cube, prepare_output_path
+from diffraflow.flow.store import CubeWriter, create_cube, prepare_output_path
 from diffraflow.schemas.cube import check_projection_centre
 from diffraflow.schemas.errors import (
     DiffraflowError,
@@ -237,8 +237,8 @@ def _command_line(argv: Sequence[str] | None) -> str:
 
 
 def convert(
-    sources: Sequence[str | os.PathLike] | str | os.PathLike,
-    output: str | os.PathLike,
+    sources: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     scan_shape: tuple[int, int] | None = None,
     det_shape: tuple[int, int] | None = None,
@@ -251,7 +251,7 @@ def convert(
     energy: float | None = None,
     step: Sequence[float] | None = None,
     step_unit: str | None = None,
-    crystal_map: str | os.PathLike | None = None,
+    crystal_map: str | os.PathLike[str] | None = None,
     format: str | None = None,
     reader_options: dict[str, Any] | None = None,
     command: str | None = None,
@@ -373,7 +373,7 @@ def convert(
                          seconds, notes)
 
 
-def _stream(reader, writer, n_frames: int, batch: int, where: str, progress: bool) -> None:
+def _stream(reader: Reader, writer: CubeWriter, n_frames: int, batch: int, where: str, progress: bool) -> None:
     """Copy frames from reader to writer with a progress bar; read errors become one-line errors."""
     from tqdm import tqdm
 

@@ -47,15 +47,20 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from diffraflow.operators.indexing.confidence import MIN_CONFIDENCE
 from diffraflow.schemas.cube import ScanAttrs, validate_scan_attrs, validate_store_marker
 from diffraflow.schemas.errors import SchemaError
 from diffraflow.schemas.results import PRODUCTS, validate_result_group
+
+if TYPE_CHECKING:
+    import zarr
+    from numpy.typing import ArrayLike
+    from orix.crystal_map import CrystalMap, PhaseList
 
 __all__ = [
     "CRYSTAL_MAP_VARIABLES",
@@ -92,7 +97,7 @@ def _normalise_name(name: str) -> str:
     return name.lower().replace("_", "").replace(" ", "")
 
 
-def find_property(prop_names, variable: str) -> str | None:
+def find_property(prop_names: Iterable[str], variable: str) -> str | None:
     """The CrystalMap property that holds ``variable`` (see :data:`PROPERTY_ALIASES`), or None.
 
     Examples
@@ -119,7 +124,7 @@ def _lattice_nm(lattice: list[float] | None) -> list[float] | None:
     return [a, b, c, *angles]
 
 
-def phase_records_from_phase_list(phase_list) -> tuple[list[dict[str, Any]], dict[int, int]]:
+def phase_records_from_phase_list(phase_list: PhaseList) -> tuple[list[dict[str, Any]], dict[int, int]]:
     """Phase records (ids ``0..n-1``) for an orix ``PhaseList`` and the id renumbering.
 
     The not-indexed phase (id -1) is left out. Lattices in Angstrom (any edge
@@ -156,7 +161,7 @@ def phase_records_from_phase_list(phase_list) -> tuple[list[dict[str, Any]], dic
     return records, mapping
 
 
-def crystal_map_grid(xmap) -> dict[str, Any]:
+def crystal_map_grid(xmap: CrystalMap) -> dict[str, Any]:
     """Regular-grid arrays ``(ny, nx)`` of an orix ``CrystalMap``.
 
     Points not in the map's data (after masking/slicing) become not indexed.
@@ -210,7 +215,8 @@ def crystal_map_grid(xmap) -> dict[str, Any]:
     return out
 
 
-def _prop_grid(xmap, name, rows, cols, shape, integer: bool) -> np.ndarray:
+def _prop_grid(xmap: CrystalMap, name: str, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
+               integer: bool) -> np.ndarray:
     values = np.asarray(xmap.prop[name])
     if values.ndim > 1:
         values = values.reshape(len(values), -1)[:, 0]
@@ -234,7 +240,7 @@ def _output_name(prop: str, taken: set[str]) -> str:
     return name
 
 
-def write_crystal_map_store(xmap, path: str | os.PathLike, scan_attrs: ScanAttrs | Mapping[str, Any] | None = None,
+def write_crystal_map_store(xmap: CrystalMap, path: str | os.PathLike[str], scan_attrs: ScanAttrs | Mapping[str, Any] | None = None,
                             overwrite: bool = False, extra_attrs: Mapping[str, Any] | None = None,
                             operator: str | None = "import") -> Path:
     """Write an orix ``CrystalMap`` as a diffraflow crystal-map result store.
@@ -314,7 +320,8 @@ def write_crystal_map_store(xmap, path: str | os.PathLike, scan_attrs: ScanAttrs
     return Path(path).expanduser().absolute()
 
 
-def read_crystal_map_record(path: str | os.PathLike, key: str | None = None):
+def read_crystal_map_record(path: str | os.PathLike[str],
+                            key: str | None = None) -> tuple[zarr.Group, str, dict[str, Any]]:
     """Open a crystal-map result store; return ``(group, key, record)``.
 
     Parameters
@@ -340,11 +347,11 @@ def read_crystal_map_record(path: str | os.PathLike, key: str | None = None):
     from diffraflow.flow.store import open_group_checked
 
     group = open_group_checked(path)
-    marker = validate_store_marker(dict(group.attrs["diffraflow"]), str(path))
+    marker = validate_store_marker(dict(cast(Mapping[str, Any], group.attrs["diffraflow"])), str(path))
     if marker.kind != "result":
         raise SchemaError(str(path), f"is a {marker.kind} store, not a crystal map",
                           "pass a result store made by 'diffraflow index' or 'diffraflow run'")
-    results = dict(group.attrs.get("results", {}))
+    results = dict(cast(Mapping[str, Mapping[str, Any]], group.attrs.get("results", {})))
     maps = {k: dict(v) for k, v in results.items() if dict(v).get("product", k) == "crystal_map"}
     if not maps:
         raise SchemaError(str(path), f"result store holds no crystal map (products: {', '.join(results) or 'none'})",
@@ -361,7 +368,7 @@ def read_crystal_map_record(path: str | os.PathLike, key: str | None = None):
     return group, key, record
 
 
-def read_crystal_map(path: str | os.PathLike, key: str | None = None):
+def read_crystal_map(path: str | os.PathLike[str], key: str | None = None) -> CrystalMap:
     """Read a crystal-map result store as an orix ``CrystalMap``.
 
     Parameters
@@ -383,17 +390,19 @@ def read_crystal_map(path: str | os.PathLike, key: str | None = None):
     --------
     >>> # xmap = read_crystal_map("result.zarr"); xmap.plot()
     """
+    from diffraflow.flow.store import stored_array
     from diffraflow.operators.crystallography.phases import phase_from_record
     from orix.crystal_map import CrystalMap, PhaseList, create_coordinate_arrays
     from orix.quaternion import Rotation
 
     group, _, record = read_crystal_map_record(path, key)
-    target = group[record["prefix"]] if record.get("prefix") else group
-    rotation = np.asarray(target["rotation"][...], dtype=np.float64)
+    # the prefix names the step's group (checked against the results schema by read_crystal_map_record)
+    target = cast("zarr.Group", group[record["prefix"]]) if record.get("prefix") else group
+    rotation = np.asarray(stored_array(target, "rotation")[...], dtype=np.float64)
     ny, nx = rotation.shape[:2]
     unset = ~(np.linalg.norm(rotation, axis=-1) > 0)  # never written (or NaN): identity
     rotation[unset] = (1.0, 0.0, 0.0, 0.0)
-    phase_id = np.asarray(target["phase_id"][...], dtype=np.int32).ravel()
+    phase_id = np.asarray(stored_array(target, "phase_id")[...], dtype=np.int32).ravel()
     phases = {int(p["id"]): phase_from_record(p) for p in record.get("phases", [])}
     unknown = sorted(set(np.unique(phase_id).tolist()) - set(phases) - {-1})
     if unknown:
@@ -403,14 +412,14 @@ def read_crystal_map(path: str | os.PathLike, key: str | None = None):
     prop: dict[str, np.ndarray] = {}
     for name in ("fit", "confidence", "pattern_quality", "n_bands"):
         if name in target:
-            prop[name] = np.asarray(target[name][...]).ravel()
+            prop[name] = np.asarray(stored_array(target, name)[...]).ravel()
     stored = record.get("properties") or {}
     if isinstance(stored, dict):  # property name -> output of the step group
         for name, output in stored.items():
-            prop[name] = np.asarray(target[output][...]).ravel()
+            prop[name] = np.asarray(stored_array(target, output)[...]).ravel()
     else:  # stores written before maps went through the engine kept them under properties/
         for name in stored:
-            prop[name] = np.asarray(target["properties"][name][...]).ravel()
+            prop[name] = np.asarray(stored_array(cast("zarr.Group", target["properties"]), name)[...]).ravel()
     step = record.get("step_size") or {"y": 1.0, "x": 1.0, "unit": "um"}
     coords, _ = create_coordinate_arrays((ny, nx), (float(step["y"]), float(step["x"])))
     # orix adds a "not_indexed" phase when -1 occurs.
@@ -427,7 +436,7 @@ def read_crystal_map(path: str | os.PathLike, key: str | None = None):
     return xmap
 
 
-def _restore_unused_phases(xmap, phases: dict[int, Any]) -> None:
+def _restore_unused_phases(xmap: CrystalMap, phases: dict[int, Any]) -> None:
     """Put back phases that occur nowhere in the map (orix's constructor drops them).
 
     Exports then list every phase the map was indexed against, under its id.
@@ -442,7 +451,7 @@ def _restore_unused_phases(xmap, phases: dict[int, Any]) -> None:
     xmap._phases = PhaseList(phases=dict(sorted(full.items())))
 
 
-def apply_min_confidence(xmap, min_confidence: float | None):
+def apply_min_confidence(xmap: CrystalMap, min_confidence: float | None) -> CrystalMap:
     """The crystal map with points below ``min_confidence`` marked not indexed (phase id -1).
 
     Points without a confidence (NaN, or a map with no confidence property)
@@ -490,7 +499,7 @@ def apply_min_confidence(xmap, min_confidence: float | None):
     return out
 
 
-def count_indexed(phase_id, confidence, min_confidence: float | None) -> tuple[int, int]:
+def count_indexed(phase_id: ArrayLike, confidence: ArrayLike, min_confidence: float | None) -> tuple[int, int]:
     """``(indexed, below)``: points with a solution at or above ``min_confidence``, and with one below it.
 
     NaN confidence counts as indexed (nothing to compare).
@@ -535,8 +544,8 @@ def header_metadata(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return meta
 
 
-def crystal_map_from_results(cube: str | os.PathLike, output: str | os.PathLike | None = None,
-                             params: Mapping[str, Any] | None = None, **run_options: Any):
+def crystal_map_from_results(cube: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
+                             params: Mapping[str, Any] | None = None, **run_options: Any) -> CrystalMap:
     """Hough-index ``cube`` through the one-step ``hough_index`` pipeline and return an orix ``CrystalMap``.
 
     The same route as ``diffraflow index`` (resumable when ``output`` is a

@@ -50,13 +50,14 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from diffraflow.flow.executors import Executor, get_executor
 from diffraflow.flow.executors.base import RunShared, run_chunk, run_finalize, to_numpy
-from diffraflow.flow.pipeline import Pipeline, ResolvedPipeline, Step, load_pipeline
+from diffraflow.flow.pipeline import Pipeline, ResolvedPipeline, ResolvedStep, Step, load_pipeline
 from diffraflow.flow.results import MATERIALIZED, MemorySink, ResultSink, ZarrResultStore
 from diffraflow.flow.schedule import RoundPlan, Schedule
 from diffraflow.flow.sources import ArraySource, ChunkSource, GrowingSource, Region, ZarrCubeSource
@@ -84,6 +85,9 @@ SMALL_PARTIALS_BYTES = 16 * 2**20
 CHECKPOINT_SECONDS = 10.0
 #: While a source grows, how long to wait for a task before asking the source again (seconds).
 POLL_SECONDS = 0.2
+
+#: What ``run_pipeline(on_start=...)`` is called with: the started executor, the plan and the sink.
+OnStart = Callable[[Executor, ResolvedPipeline, ResultSink], object]
 
 
 @dataclass
@@ -187,10 +191,11 @@ def _bytes(value: Any) -> int:
     return int(getattr(value, "nbytes", 64))
 
 
-def run_pipeline(pipeline: Pipeline | str | os.PathLike | dict, data: Any, output: str | os.PathLike | ResultSink | None = None,
+def run_pipeline(pipeline: Pipeline | str | os.PathLike[str] | dict[str, Any], data: Any,
+                 output: str | os.PathLike[str] | ResultSink | None = None,
                  *, executor: str | Executor = "inline", workers: int | None = None, chunk_frames: int | None = None,
                  overwrite: bool = False, progress: bool = False, retries: int = 2, window: int | None = None,
-                 collect: bool = True, on_start: Any = None, connect_timeout: float = 10.0) -> RunReport:
+                 collect: bool = True, on_start: OnStart | None = None, connect_timeout: float = 10.0) -> RunReport:
     """Run a pipeline on a source and store its results.
 
     Parameters
@@ -302,7 +307,7 @@ def _check_run_numbers(retries: int, window: int | None) -> None:
                             "pass --window 1 or more, or leave it out for twice the workers")
 
 
-def _warm_up(plan) -> float:
+def _warm_up(plan: ResolvedPipeline) -> float:
     """Let each step compile its kernels in the driver before the clock starts; returns the seconds spent."""
     from diffraflow.flow.notices import notify
 
@@ -341,7 +346,9 @@ class _Feeder:
         return fresh
 
 
-def _run_opened(plan, source, sink, ex, materialized, progress, retries, window, collect, on_start) -> RunReport:
+def _run_opened(plan: ResolvedPipeline, source: ChunkSource, sink: ResultSink, ex: Executor,
+                materialized: dict[str, str], progress: bool, retries: int, window: int | None, collect: bool,
+                on_start: OnStart | None) -> RunReport:
     feeder = _Feeder(source)
     n_regions = len(feeder.all)
     report = RunReport(n_chunks=n_regions, n_rounds=plan.n_rounds, n_frames=plan.input.n_frames,
@@ -387,8 +394,9 @@ def _run_opened(plan, source, sink, ex, materialized, progress, retries, window,
     return report
 
 
-def _run_round(plan, source, feeder: _Feeder, sink, ex, round_plan: RoundPlan, schedule: Schedule, states,
-               window, retries, report, bar) -> dict[str, Any]:
+def _run_round(plan: ResolvedPipeline, source: ChunkSource, feeder: _Feeder, sink: ResultSink, ex: Executor,
+               round_plan: RoundPlan, schedule: Schedule, states: dict[str, Any], window: int, retries: int,
+               report: RunReport, bar: _NoBar | _PassBar) -> dict[str, Any]:
     round_ = round_plan.round
     reductions = schedule.has_reductions(round_plan)
     if reductions:
@@ -419,7 +427,7 @@ def _run_round(plan, source, feeder: _Feeder, sink, ex, round_plan: RoundPlan, s
     take(list(feeder.ready.values()))
     retry: deque[Region] = deque()
     attempts: dict[int, int] = {}
-    pending: dict[int, dict] = {}  # finished but not yet merged (out of order)
+    pending: dict[int, dict[str, dict[str, Any]]] = {}  # finished but not yet merged (out of order)
     next_merge = n_merged
     merging = reductions
     lag = max(4 * window, 8)
@@ -491,12 +499,14 @@ def _run_round(plan, source, feeder: _Feeder, sink, ex, round_plan: RoundPlan, s
                                f"failed after {tries} attempt{'s' if tries > 1 else ''}: {cause}{more}",
                                "all other chunks' results were kept; fix the cause and re-run the same "
                                "command to resume")
+        # the failed regions and their errors, for callers that report each one (not a declared attribute)
         err.failures = [(r, e) for r, e in failures]  # type: ignore[attr-defined]
         raise err
     return _finish_round(plan, sink, ex, round_plan, schedule, merged, dict(states))
 
 
-def _finalize(plan, ex, step, partials, pass_index: int, state: Any, final: bool) -> Any:
+def _finalize(plan: ResolvedPipeline, ex: Executor, step: ResolvedStep, partials: dict[str, Any], pass_index: int,
+              state: Any, final: bool) -> Any:
     if step.op.device_state:
         # On a worker with the step's backend, so device-resident partials and state stay there.
         ex.submit(("finalize", step.name), run_finalize, plan, step.name, partials, pass_index, state, final,
@@ -513,7 +523,8 @@ def _finalize(plan, ex, step, partials, pass_index: int, state: Any, final: bool
     return step.op.finalize(partials, ctx)
 
 
-def _finish_round(plan, sink, ex, round_plan: RoundPlan, schedule: Schedule, merged, states) -> dict[str, Any]:
+def _finish_round(plan: ResolvedPipeline, sink: ResultSink, ex: Executor, round_plan: RoundPlan, schedule: Schedule,
+                  merged: dict[str, dict[str, Any]], states: dict[str, Any]) -> dict[str, Any]:
     finals: dict[str, np.ndarray] = {}
     for link in round_plan.chain:
         if link.action != "compute":

@@ -15,8 +15,9 @@ Examples
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from diffraflow.schemas.chunking import CubeLayout, validate_layout
 from diffraflow.schemas.cube import SCAN_DIMS, validate_scan_attrs, validate_store_marker
@@ -52,7 +53,7 @@ def _disk_usage(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def validate_store(path: str | os.PathLike) -> dict[str, Any]:
+def validate_store(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Fully validate a store; return a small report or raise a one-line error.
 
     Checks the completion marker, the attribute schema, the ``patterns``
@@ -65,7 +66,7 @@ def validate_store(path: str | os.PathLike) -> dict[str, Any]:
     ...
     diffraflow.schemas.errors.StoreNotFoundError: /nonexistent.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
     """
-    from diffraflow.flow.store import open_group_checked
+    from diffraflow.flow.store import dimension_names, open_group_checked, stored_array
 
     group = open_group_checked(path)
     marker = validate_store_marker(group.attrs.get("diffraflow"), where=str(path))
@@ -75,16 +76,20 @@ def validate_store(path: str | os.PathLike) -> dict[str, Any]:
 
         report.update(validate_result_group(group, where=str(path)))
         return report
-    scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
+    scan = validate_scan_attrs(dict(cast(Mapping[str, Any], group.attrs.get("scan", {}))), where=str(path))
     if "patterns" not in group:
         raise SchemaError(f"{path}: patterns", "missing", "re-create the store")
-    arr = group["patterns"]
-    dims = tuple(arr.metadata.dimension_names or ())
+    arr = stored_array(group, "patterns")
+    dims = dimension_names(arr)
     if dims != SCAN_DIMS:
         raise SchemaError(f"{path}: patterns.dimension_names", f"{list(dims)} is not {list(SCAN_DIMS)}",
                           "re-create the store with diffraflow")
     shards = arr.shards or arr.chunks
-    validate_layout(CubeLayout(tuple(arr.shape), tuple(arr.chunks), tuple(shards)), where=f"{path}: patterns")
+    # 4-d: one dimension name per axis, checked above
+    layout = CubeLayout(cast("tuple[int, int, int, int]", tuple(arr.shape)),
+                        cast("tuple[int, int, int, int]", tuple(arr.chunks)),
+                        cast("tuple[int, int, int, int]", tuple(shards)))
+    validate_layout(layout, where=f"{path}: patterns")
     if tuple(arr.shape[2:]) != tuple(scan.detector.shape):
         raise SchemaError(f"{path}: detector.shape", f"metadata {list(scan.detector.shape)} vs patterns "
                           f"{list(arr.shape[2:])}", "re-create the store")
@@ -100,7 +105,7 @@ def validate_store(path: str | os.PathLike) -> dict[str, Any]:
     return report
 
 
-def describe_store(path: str | os.PathLike) -> str:
+def describe_store(path: str | os.PathLike[str]) -> str:
     """A human summary of a store: shape, chunks, dtype, metadata, variables, results.
 
     Values the store does not know (no file or user gave them) read
@@ -118,7 +123,12 @@ def describe_store(path: str | os.PathLike) -> str:
     >>> "sample tilt unknown, camera tilt unknown" in text, "step          unknown" in text
     (True, True)
     """
-    from diffraflow.flow.store import acquisition_progress, open_group_checked
+    from diffraflow.flow.store import (
+        acquisition_progress,
+        dimension_names,
+        open_group_checked,
+        stored_array,
+    )
 
     path = Path(path)
     progress = acquisition_progress(path)
@@ -136,11 +146,11 @@ def describe_store(path: str | os.PathLike) -> str:
         elif state == "aborted":
             lines.append(f"  acquisition aborted after {done} of {total} frames")
     if marker.kind == "scan_cube":
-        scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
-        arr = group["patterns"]
+        scan = validate_scan_attrs(dict(cast(Mapping[str, Any], group.attrs.get("scan", {}))), where=str(path))
+        arr = stored_array(group, "patterns")
         n = arr.shape[0] * arr.shape[1]
         lines += [
-            f"  patterns      {tuple(arr.shape)} {arr.dtype}  dims {list(arr.metadata.dimension_names)}",
+            f"  patterns      {tuple(arr.shape)} {arr.dtype}  dims {list(dimension_names(arr))}",
             f"                {n} frames, {_human_bytes(n * arr.shape[2] * arr.shape[3] * arr.dtype.itemsize)} raw",
             f"  chunks        {tuple(arr.chunks)}   shards {tuple(arr.shards or arr.chunks)}",
             f"  modality      {scan.modality}",
@@ -171,12 +181,12 @@ def describe_store(path: str | os.PathLike) -> str:
         if scan.ground_truth:
             lines.append(f"  ground truth  {', '.join(scan.ground_truth)}")
     else:
-        results = dict(group.attrs.get("results", {}))
+        results = dict(cast(Mapping[str, Any], group.attrs.get("results", {})))
         lines.append(f"  results       {', '.join(results) if results else '(none listed)'}")
     others = [name for name in sorted(group.array_keys()) if name != "patterns"]
     for name in others:
-        arr = group[name]
-        dims = list(arr.metadata.dimension_names or [])
+        arr = stored_array(group, name)
+        dims = list(dimension_names(arr))
         lines.append(f"  variable      {name}: {tuple(arr.shape)} {arr.dtype} {dims}")
     for name in sorted(group.group_keys()):
         lines.append(f"  group         {name}/")

@@ -37,7 +37,7 @@ __all__ = ["StoreLock", "lock_path", "pid_alive", "HOST"]
 HOST = socket.gethostname() or "localhost"
 
 
-def lock_path(store: str | os.PathLike) -> Path:
+def lock_path(store: str | os.PathLike[str]) -> Path:
     """The lock file of ``store``: a hidden sibling ``.NAME.lock``.
 
     Examples
@@ -92,7 +92,7 @@ class StoreLock:
         Another live process holds the lock.
     """
 
-    def __init__(self, store: str | os.PathLike, where: str | None = None) -> None:
+    def __init__(self, store: str | os.PathLike[str], where: str | None = None) -> None:
         self.store = Path(store).expanduser().absolute()
         self.path = lock_path(self.store)
         self.where = where or str(self.store)

@@ -289,7 +289,7 @@ class Pipeline:
         return cls(steps, chunk_frames=chunk_frames)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Pipeline:
+    def from_file(cls, path: str | os.PathLike[str]) -> Pipeline:
         """Load a YAML (or JSON) pipeline file; one-line PipelineError on any problem.
 
         Examples
@@ -450,7 +450,7 @@ def _max_rounds(steps: list[ResolvedStep]) -> int:
     return max(last.values()) + 1
 
 
-def load_pipeline(path: str | os.PathLike | dict | Pipeline) -> Pipeline:
+def load_pipeline(path: str | os.PathLike[str] | dict[str, Any] | Pipeline) -> Pipeline:
     """A pipeline from a file path, a mapping, or a Pipeline (returned as is).
 
     Examples

@@ -33,11 +33,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffraflow.flow.exporters._common import atomic_write
 from diffraflow.schemas.errors import SchemaError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "Scale",
@@ -130,7 +134,7 @@ def detector_scale(attrs: Mapping[str, Any] | None, shape: Sequence[int]) -> Sca
 
 
 # -- drawing helpers ----------------------------------------------------------------
-def _figure(size: tuple[float, float], dpi: int):
+def _figure(size: tuple[float, float], dpi: int) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=size, dpi=dpi, layout="constrained")
@@ -169,7 +173,7 @@ def _as_image(array: Any, what: str, ndim: int = 2) -> np.ndarray:
     return image.astype(np.float64)
 
 
-def _draw_map(fig, ax, image: np.ndarray, scale: Scale, title: str, label: str, cmap: str,
+def _draw_map(fig: Figure, ax: Axes, image: np.ndarray, scale: Scale, title: str, label: str, cmap: str,
               vmin: float | None, vmax: float | None, robust: bool, axis_names: tuple[str, str]) -> None:
     import matplotlib
 
@@ -193,12 +197,12 @@ def _det_axes(scale: Scale) -> tuple[str, str]:
     return ("k_y", "k_x") if scale.unit != "px" else ("det_y", "det_x")
 
 
-def _save(fig, path: str | os.PathLike, overwrite: bool) -> Path:
+def _save(fig: Figure, path: str | os.PathLike[str], overwrite: bool) -> Path:
     return atomic_write(path, overwrite, lambda temp: fig.savefig(temp, format="png"))
 
 
 # -- public plots ---------------------------------------------------------------------
-def plot_scan_image(image: Any, path: str | os.PathLike, *, title: str = "", label: str = "intensity",
+def plot_scan_image(image: Any, path: str | os.PathLike[str], *, title: str = "", label: str = "intensity",
                     attrs: Mapping[str, Any] | None = None, step: float | Sequence[float] | None = None,
                     unit: str | None = None, cmap: str = "gray", vmin: float | None = None,
                     vmax: float | None = None, robust: bool = True, size: tuple[float, float] | None = None,
@@ -238,7 +242,7 @@ def plot_scan_image(image: Any, path: str | os.PathLike, *, title: str = "", lab
     return _save(fig, path, overwrite)
 
 
-def plot_virtual_images(images: Any, path: str | os.PathLike, *, labels: Sequence[str] | None = None,
+def plot_virtual_images(images: Any, path: str | os.PathLike[str], *, labels: Sequence[str] | None = None,
                         title: str = "virtual images", label: str = "integrated intensity",
                         attrs: Mapping[str, Any] | None = None, step: float | Sequence[float] | None = None,
                         unit: str | None = None, cmap: str = "gray", robust: bool = True,
@@ -281,7 +285,7 @@ def plot_virtual_images(images: Any, path: str | os.PathLike, *, labels: Sequenc
     return _save(fig, path, overwrite)
 
 
-def plot_pattern(pattern: Any, path: str | os.PathLike, *, title: str = "mean pattern",
+def plot_pattern(pattern: Any, path: str | os.PathLike[str], *, title: str = "mean pattern",
                  label: str = "mean intensity", attrs: Mapping[str, Any] | None = None, log: bool = False,
                  overlays: Sequence[Mapping[str, Any]] | None = None, cmap: str = "viridis",
                  vmin: float | None = None, vmax: float | None = None, robust: bool = True,
@@ -328,7 +332,7 @@ def plot_pattern(pattern: Any, path: str | os.PathLike, *, title: str = "mean pa
     return _save(fig, path, overwrite)
 
 
-def _draw_overlay(ax, spec: Mapping[str, Any], shape: Sequence[int], scale: Scale) -> None:
+def _draw_overlay(ax: Axes, spec: Mapping[str, Any], shape: Sequence[int], scale: Scale) -> None:
     from diffraflow.operators.virtual._masks import validate_mask_spec
     from matplotlib.patches import Circle, Rectangle
 
@@ -347,7 +351,7 @@ def _draw_overlay(ax, spec: Mapping[str, Any], shape: Sequence[int], scale: Scal
         ax.add_patch(Circle(xy, r * scale.x, **style))
 
 
-def plot_decomposition(factors: Any, loadings: Any, path: str | os.PathLike, *,
+def plot_decomposition(factors: Any, loadings: Any, path: str | os.PathLike[str], *,
                        explained_variance: Any = None, title: str = "decomposition",
                        attrs: Mapping[str, Any] | None = None, n_show: int = 4, cmap: str = "RdBu_r",
                        size: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI,

@@ -29,12 +29,23 @@ Examples
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffraflow.flow.exporters._common import atomic_write, check_output
 from diffraflow.schemas.errors import SchemaError
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+    from matplotlib.figure import Figure
+    from orix.crystal_map import CrystalMap
+    from orix.plot import InversePoleFigurePlot
+    from orix.quaternion import Symmetry
+    from orix.vector import Vector3d
 
 __all__ = ["ipf_rgb", "plot_ipf_map", "plot_property_map", "plot_phase_map", "write_crystal_map_pngs",
            "png_paths", "property_colormap", "IPF_DIRECTIONS", "NOT_INDEXED_COLOR", "PROPERTY_COLORMAPS"]
@@ -54,7 +65,7 @@ PROPERTY_COLORMAPS: dict[str, tuple[str, float, bool]] = {
 }
 
 
-def _direction(direction: str):
+def _direction(direction: str) -> Vector3d:
     from orix.vector import Vector3d
 
     key = str(direction).lower()
@@ -63,7 +74,7 @@ def _direction(direction: str):
     return {"x": Vector3d.xvector, "y": Vector3d.yvector, "z": Vector3d.zvector}[key]()
 
 
-def ipf_rgb(xmap, direction: str = "z") -> np.ndarray:
+def ipf_rgb(xmap: CrystalMap, direction: str = "z") -> np.ndarray:
     """IPF colours ``(ny, nx, 3)`` in [0, 1]; not-indexed points black.
 
     Examples
@@ -94,7 +105,7 @@ def ipf_rgb(xmap, direction: str = "z") -> np.ndarray:
     return np.clip(rgb, 0, 1).reshape(ny, nx, 3)
 
 
-def property_colormap(name: str):
+def property_colormap(name: str) -> Colormap:
     """The colour map a property picture uses (:data:`PROPERTY_COLORMAPS`; viridis' upper 70 % otherwise).
 
     Not-indexed (masked) values are drawn in :data:`NOT_INDEXED_COLOR`.
@@ -119,14 +130,14 @@ def _not_indexed_label(n_not: int, total: int, min_confidence: float | None, wha
     return f"{share}: no solution or confidence < {min_confidence:.2f}" if min_confidence else share
 
 
-def _not_indexed_legend(fig, label: str, extra_handles=()) -> None:
+def _not_indexed_legend(fig: Figure, label: str, extra_handles: Sequence[Artist] = ()) -> None:
     from matplotlib.patches import Patch
 
     handles = [*extra_handles, Patch(facecolor=NOT_INDEXED_COLOR, edgecolor="k", label=label)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), frameon=False)
 
 
-def _figure(shape: tuple[int, int], extra_width: float = 0.0):
+def _figure(shape: tuple[int, int], extra_width: float = 0.0) -> Figure:
     from matplotlib.figure import Figure
 
     ny, nx = shape
@@ -136,25 +147,25 @@ def _figure(shape: tuple[int, int], extra_width: float = 0.0):
     return fig
 
 
-def _extent(xmap, shape):
+def _extent(xmap: CrystalMap, shape: tuple[int, int]) -> tuple[float, float, float, float]:
     dy = float(xmap.dy or 0) or float(xmap.dx or 1) or 1.0
     dx = float(xmap.dx or 0) or 1.0
     ny, nx = shape
     return (-dx / 2, (nx - 0.5) * dx, (ny - 0.5) * dy, -dy / 2)
 
 
-def _style_map_axes(ax, xmap, title: str) -> None:
+def _style_map_axes(ax: Axes, xmap: CrystalMap, title: str) -> None:
     unit = "µm" if xmap.scan_unit == "um" else xmap.scan_unit
     ax.set_xlabel(f"x ({unit})")
     ax.set_ylabel(f"y ({unit})")
     ax.set_title(title)
 
 
-def _save(fig, path: Path, overwrite: bool) -> Path:
+def _save(fig: Figure, path: Path, overwrite: bool) -> Path:
     return atomic_write(path, overwrite, lambda temp: fig.savefig(temp, format="png"))
 
 
-def _draw_color_key(ax, point_group, n: int = 300) -> None:
+def _draw_color_key(ax: InversePoleFigurePlot, point_group: Symmetry, n: int = 300) -> None:
     """Draw the TSL IPF colour key of ``point_group`` on an orix ``ipf`` axis.
 
     Same picture as ``InversePoleFigurePlot.plot_ipf_color_key``, coloured
@@ -180,7 +191,7 @@ def _draw_color_key(ax, point_group, n: int = 300) -> None:
     ax.imshow(rgba.reshape(n, n, 4), extent=(xs[0], xs[-1], ys[0], ys[-1]), origin="lower", zorder=0)
 
 
-def plot_ipf_map(xmap, path: str | os.PathLike, direction: str = "z", overwrite: bool = False,
+def plot_ipf_map(xmap: CrystalMap, path: str | os.PathLike[str], direction: str = "z", overwrite: bool = False,
                  min_confidence: float | None = None) -> Path:
     """IPF-coloured orientation map with its colour key(s) beside it and a not-indexed legend.
 
@@ -237,7 +248,7 @@ def plot_ipf_map(xmap, path: str | os.PathLike, direction: str = "z", overwrite:
     return _save(fig, Path(path), overwrite)
 
 
-def plot_property_map(xmap, name: str, path: str | os.PathLike, label: str | None = None, cmap: str | None = None,
+def plot_property_map(xmap: CrystalMap, name: str, path: str | os.PathLike[str], label: str | None = None, cmap: str | None = None,
                       overwrite: bool = False, min_confidence: float | None = None) -> Path:
     """A scalar property map (``confidence``, ``fit``...) with a colour bar and a not-indexed legend.
 
@@ -327,7 +338,7 @@ def _distinct_colors(colors: list[str | None]) -> list[tuple[float, float, float
     return out
 
 
-def plot_phase_map(xmap, path: str | os.PathLike, overwrite: bool = False,
+def plot_phase_map(xmap: CrystalMap, path: str | os.PathLike[str], overwrite: bool = False,
                    min_confidence: float | None = None) -> Path:
     """Phase map with a legend (name and area fraction per phase, not indexed in black).
 
@@ -377,7 +388,7 @@ def plot_phase_map(xmap, path: str | os.PathLike, overwrite: bool = False,
     return _save(fig, Path(path), overwrite)
 
 
-def png_paths(base: str | os.PathLike) -> dict[str, Path]:
+def png_paths(base: str | os.PathLike[str]) -> dict[str, Path]:
     """The pictures written for output ``base`` (``OUT.png`` or ``OUT``).
 
     Examples
@@ -390,7 +401,7 @@ def png_paths(base: str | os.PathLike) -> dict[str, Path]:
     return {kind: stem.parent / f"{stem.name}_{kind}.png" for kind in ("ipf", "confidence", "fit", "phase")}
 
 
-def write_crystal_map_pngs(xmap, base: str | os.PathLike, ipf_direction: str = "z",
+def write_crystal_map_pngs(xmap: CrystalMap, base: str | os.PathLike[str], ipf_direction: str = "z",
                            overwrite: bool = False, min_confidence: float | None = None) -> list[Path]:
     """Write ``BASE_ipf.png``, ``BASE_confidence.png``, ``BASE_fit.png`` and ``BASE_phase.png``.
 

@@ -99,7 +99,7 @@ def _decode(node: Any, arrays: Any, where: str) -> Any:
                               "re-run with --overwrite to start afresh")
 
 
-def save_record(path: str | os.PathLike, value: Any, where: str = "state") -> None:
+def save_record(path: str | os.PathLike[str], value: Any, where: str = "state") -> None:
     """Write ``value`` atomically as a pickle-free record (write aside, fsync, rename).
 
     Parameters
@@ -130,13 +130,15 @@ def save_record(path: str | os.PathLike, value: Any, where: str = "state") -> No
     text = np.frombuffer(json.dumps(tree, allow_nan=True).encode(), dtype=np.uint8)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, **{_TREE: text}, **arrays)
+        # Any: numpy's stub would check these keyword arrays against savez's own allow_pickle flag.
+        members: dict[str, Any] = {_TREE: text, **arrays}
+        np.savez(fh, **members)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
-def load_record(path: str | os.PathLike) -> Any:
+def load_record(path: str | os.PathLike[str]) -> Any:
     """Read a record written by :func:`save_record`; nothing in it can execute.
 
     Raises

@@ -60,7 +60,13 @@ from diffraflow.schemas.cube import StoreMarker, validate_store_marker
 from diffraflow.schemas.errors import OutputExistsError, SchemaError
 
 if TYPE_CHECKING:
+    import xarray as xr
     import zarr
+    from diffraflow.flow.locks import StoreLock
+    from diffraflow.flow.pipeline import ResolvedPipeline, ResolvedStep
+    from diffraflow.flow.sources import ChunkSource, Region
+    from diffraflow.operators.base import OutputSpec
+    from zarr.core.metadata import ArrayV3Metadata
 
 # Progress records live in OUT.zarr/_progress (no zarr.json) only while a run
 # is incomplete; zarr warns about them when listing members. That is expected.
@@ -70,11 +76,11 @@ __all__ = ["ResultSink", "MemorySink", "ZarrResultStore", "open_results", "write
            "MATERIALIZED"]
 
 
-def _fill(dtype: np.dtype) -> Any:
+def _fill(dtype: np.dtype[Any]) -> Any:
     return np.nan if dtype.kind in "fc" else (False if dtype.kind == "b" else 0)
 
 
-def _dims(name: str, out) -> list[str]:
+def _dims(name: str, out: OutputSpec) -> list[str]:
     # Generic 'dim_i' names of two outputs may have different sizes, which
     # xarray refuses within one group: make them specific to the output.
     return [f"{name}_{d}" if d.startswith("dim_") else d for d in out.result_dims()]
@@ -85,7 +91,7 @@ class ResultSink:
 
     path: str | None = None
 
-    def open(self, plan, source) -> None:
+    def open(self, plan: ResolvedPipeline, source: ChunkSource) -> None:
         """Create the outputs (or check a store being resumed)."""
 
     def round_complete(self, round_: int) -> dict[str, Any] | None:
@@ -104,10 +110,10 @@ class ResultSink:
         """Merged partials of ``round_`` and how many leading chunks they cover."""
         return {}, 0
 
-    def write_chunk(self, round_: int, region, per_frame: dict[str, np.ndarray]) -> None:
+    def write_chunk(self, round_: int, region: Region, per_frame: dict[str, np.ndarray]) -> None:
         """Store the per-frame outputs of one region."""
 
-    def mark_done(self, round_: int, region) -> None:
+    def mark_done(self, round_: int, region: Region) -> None:
         """Record that ``region``'s outputs are written (after :meth:`write_chunk`)."""
 
     def save_partials(self, round_: int, merged: dict[str, dict[str, Any]], n_merged: int, final: bool) -> None:
@@ -138,16 +144,16 @@ class MemorySink(ResultSink):
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
-        self._plan = None
+        self._plan: ResolvedPipeline | None = None
 
-    def open(self, plan, source) -> None:
+    def open(self, plan: ResolvedPipeline, source: ChunkSource) -> None:
         self._plan = plan
         for key, (_step, _name, out) in plan.result_outputs().items():
             if out.per_frame:
                 shape = out.result_shape(plan.input.scan_shape)
                 self._arrays[key] = np.full(shape, _fill(out.dtype), dtype=out.dtype)
 
-    def write_chunk(self, round_: int, region, per_frame: dict[str, np.ndarray]) -> None:
+    def write_chunk(self, round_: int, region: Region, per_frame: dict[str, np.ndarray]) -> None:
         for key, value in per_frame.items():
             arr = self._arrays[key]
             arr[region.y[0]:region.y[1], region.x[0]:region.x[1]] = value.reshape(*region.shape, *arr.shape[2:])
@@ -173,24 +179,26 @@ class ZarrResultStore(ResultSink):
     """
 
     path: str
+    #: The writer lock, held from :meth:`open` to :meth:`close`.
+    _lock: StoreLock | None
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
         self.path = str(Path(path).expanduser().absolute())
         self.overwrite = overwrite
         self.group: zarr.Group | None = None
-        self._arrays: dict[str, Any] = {}
+        self._arrays: dict[str, zarr.Array[ArrayV3Metadata]] = {}
         self.resumed = False
         #: Step name -> key of its materialised final frames (set by the engine before open()).
         self.materialize: dict[str, str] = {}
         self._worker_keys: frozenset[str] = frozenset()
 
     # -- opening -------------------------------------------------------------
-    def _run_record(self, plan, source) -> dict[str, Any]:
+    def _run_record(self, plan: ResolvedPipeline, source: ChunkSource) -> dict[str, Any]:
         return {"pipeline": plan.pipeline.to_dict(), "fingerprint": plan.pipeline.fingerprint(),
                 "input": source.identity(), "grid": list(source.grid), "n_rounds": plan.n_rounds,
                 "scan_shape": list(plan.input.scan_shape)}
 
-    def open(self, plan, source) -> None:
+    def open(self, plan: ResolvedPipeline, source: ChunkSource) -> None:
         import zarr
         from diffraflow.flow.locks import StoreLock
         from diffraflow.flow.notices import notify
@@ -199,6 +207,7 @@ class ZarrResultStore(ResultSink):
             check_not_an_input,
             check_replaceable,
             prepare_output_path,
+            stored_array,
         )
 
         record = self._run_record(plan, source)
@@ -223,7 +232,7 @@ class ZarrResultStore(ResultSink):
                                      "results": _results_record(plan)})
             self._create_arrays(plan, source)
         for key in plan.result_outputs():
-            self._arrays[key] = self.group[key].with_config(ARRAY_CONFIG)  # config is not stored on disk
+            self._arrays[key] = stored_array(self.group, key).with_config(ARRAY_CONFIG)  # config is not stored on disk
         frame_keys = {k for k, (_s, _n, out) in plan.result_outputs().items() if out.kind == "frames"}
         self._worker_keys = frozenset(frame_keys | set(self.materialize.values()))
         self._progress = final / "_progress"
@@ -270,7 +279,7 @@ class ZarrResultStore(ResultSink):
             raise OutputExistsError(str(final), f"holds results of a different {' and '.join(differs)}; "
                                     "cannot resume into it", fix)
 
-    def _create_arrays(self, plan, source) -> None:
+    def _create_arrays(self, plan: ResolvedPipeline, source: ChunkSource) -> None:
         assert self.group is not None  # opened by open()
         for step in plan.steps:
             saved = {k: v for k, v in step.outputs.items() if step.saved(k)}
@@ -283,6 +292,7 @@ class ZarrResultStore(ResultSink):
         for step_name, key in self.materialize.items():
             if key.startswith(MATERIALIZED + "/"):
                 step = plan.step(step_name)
+                assert step.frames_output is not None  # only steps with a frames output are materialised
                 holder = self.group.require_group(MATERIALIZED)
                 _create_output(holder, step_name, step.outputs[step.frames_output], step, plan.input.scan_shape,
                                source.grid)
@@ -315,12 +325,12 @@ class ZarrResultStore(ResultSink):
         record = load_record(path)
         return record["merged"], int(record["n_merged"])
 
-    def write_chunk(self, round_: int, region, per_frame: dict[str, np.ndarray]) -> None:
+    def write_chunk(self, round_: int, region: Region, per_frame: dict[str, np.ndarray]) -> None:
         for key, value in per_frame.items():
             arr = self._arrays[key]
             arr[region.y[0]:region.y[1], region.x[0]:region.x[1]] = value.reshape(*region.shape, *arr.shape[2:])
 
-    def mark_done(self, round_: int, region) -> None:
+    def mark_done(self, round_: int, region: Region) -> None:
         (self._round_dir(round_) / f"{region.index}.done").touch()
 
     def save_partials(self, round_: int, merged: dict[str, dict[str, Any]], n_merged: int, final: bool) -> None:
@@ -371,14 +381,15 @@ class ZarrResultStore(ResultSink):
 MATERIALIZED = "_materialized"
 
 
-def _create_output(group, name: str, out, step, scan_shape: tuple[int, int], grid: tuple[int, int]) -> None:
+def _create_output(group: zarr.Group, name: str, out: OutputSpec, step: ResolvedStep, scan_shape: tuple[int, int],
+                   grid: tuple[int, int]) -> None:
     """One result array. Per-frame outputs have one chunk (or, for frames, one shard) per region, so each
     region is written whole by a single writer: the driver, or for frames the worker that computed them."""
     from diffraflow.flow.store import checksum_codecs, frame_compressors
 
     gy, gx = grid
     shape = out.result_shape(scan_shape)
-    attributes = {"kind": out.kind, "description": out.description, "operator": step.op.name}
+    attributes: dict[str, Any] = {"kind": out.kind, "description": out.description, "operator": step.op.name}
     if out.kind == "frames":
         group.create_array(name, shape=shape, shards=(gy, gx, *out.extra_shape), chunks=(1, gx, *out.extra_shape),
                            dtype=out.dtype, fill_value=_fill(out.dtype),
@@ -392,20 +403,21 @@ def _create_output(group, name: str, out, step, scan_shape: tuple[int, int], gri
 
 
 # Arrays opened by this worker process for writing or reading regions (metadata read once).
-_OPEN_ARRAYS: dict[tuple[str, str], Any] = {}
+_OPEN_ARRAYS: dict[tuple[str, str], zarr.Array[ArrayV3Metadata]] = {}
 
 
-def _result_array(store: str, key: str):
+def _result_array(store: str, key: str) -> zarr.Array[ArrayV3Metadata]:
     import zarr
 
     found = _OPEN_ARRAYS.get((store, key))
     if found is None:
-        found = zarr.open_array(str(Path(store) / key), mode="r+", zarr_format=3).with_config(ARRAY_CONFIG)
+        opened = zarr.open_array(str(Path(store) / key), mode="r+", zarr_format=3)
+        found = cast("zarr.Array[ArrayV3Metadata]", opened).with_config(ARRAY_CONFIG)  # a v3 array (zarr_format=3)
         _OPEN_ARRAYS[(store, key)] = found
     return found
 
 
-def write_result_region(store: str | None, key: str, region, value: np.ndarray) -> None:
+def write_result_region(store: str | None, key: str, region: Region, value: np.ndarray) -> None:
     """Write one region's frame-sized output into the result store, from the worker that computed it.
 
     Each region is exactly one shard of the array, so no two writers ever touch one shard.
@@ -425,7 +437,7 @@ def write_result_region(store: str | None, key: str, region, value: np.ndarray) 
     arr[region.y[0]:region.y[1], region.x[0]:region.x[1]] = value.reshape(*region.shape, *arr.shape[2:])
 
 
-def read_result_region(store: str | None, key: str, region) -> np.ndarray:
+def read_result_region(store: str | None, key: str, region: Region) -> np.ndarray:
     """Frames of one region from a materialised frames array, as ``(n, det_y, det_x)``; missing data is an error.
 
     Examples
@@ -453,17 +465,18 @@ def _compressors() -> list[Any]:
     return [ZstdCodec(level=0), *checksum_codecs()]
 
 
-def _step_attrs(step) -> dict[str, Any]:
+def _step_attrs(step: ResolvedStep) -> dict[str, Any]:
     extra = dict(step.op.result_attrs(step.spec) or {})
-    return json.loads(json.dumps({
+    attrs: dict[str, Any] = json.loads(json.dumps({
         "operator": step.op.name, "params": step.op.params(), "backend": step.step.backend,
         "outputs": {k: {"kind": v.kind, "description": v.description, "product": v.product}
                     for k, v in step.outputs.items() if step.saved(k)},
         **extra,
     }, default=str))
+    return attrs
 
 
-def _results_record(plan) -> dict[str, Any]:
+def _results_record(plan: ResolvedPipeline) -> dict[str, Any]:
     """The ``results`` group attribute (see :mod:`diffraflow.schemas.results`): one entry per step with saved outputs."""
     record: dict[str, Any] = {}
     for step in plan.steps:
@@ -478,7 +491,7 @@ def _results_record(plan) -> dict[str, Any]:
     return record
 
 
-def _complete_products(step, saved: list[str]) -> set[str]:
+def _complete_products(step: ResolvedStep, saved: list[str]) -> set[str]:
     # A product is recorded only when every variable its schema requires was saved:
     # 'save: [loadings]' keeps loadings as a free-form output, not half a decomposition.
     from diffraflow.schemas.results import PRODUCTS
@@ -488,7 +501,7 @@ def _complete_products(step, saved: list[str]) -> set[str]:
         name in saved for name, var in PRODUCTS[p].variables.items() if var.required)}
 
 
-def open_results(path: str | os.PathLike):
+def open_results(path: str | os.PathLike[str]) -> xr.DataTree:
     """Open a complete result store as an ``xarray.DataTree`` (one group per step).
 
     Examples
@@ -499,6 +512,6 @@ def open_results(path: str | os.PathLike):
     from diffraflow.flow.store import open_group_checked
 
     group = open_group_checked(path, kind="result")
-    if not group.attrs.get("diffraflow", {}).get("complete"):
+    if not cast(Mapping[str, Any], group.attrs.get("diffraflow", {})).get("complete"):
         raise SchemaError(str(path), "result store is incomplete", "re-run 'diffraflow run' to resume it")
     return xr.open_datatree(str(path), engine="zarr", consolidated=False)

@@ -37,10 +37,13 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffraflow.operators.base import LastPass, NextPass
 from diffraflow.schemas.errors import PipelineError
+
+if TYPE_CHECKING:
+    from diffraflow.flow.pipeline import ResolvedPipeline, ResolvedStep
 
 __all__ = ["StepStatus", "ChainLink", "RoundPlan", "Schedule"]
 
@@ -119,7 +122,7 @@ class Schedule:
         Names of frames steps whose final frames are stored in the result store.
     """
 
-    plan: Any
+    plan: ResolvedPipeline
     materialized: frozenset[str] = frozenset()
     status: dict[str, StepStatus] = field(default_factory=dict)
     rounds_run: int = 0
@@ -133,7 +136,7 @@ class Schedule:
         """True when every step is done."""
         return all(s.done for s in self.status.values())
 
-    def _startable(self, step) -> bool:
+    def _startable(self, step: ResolvedStep) -> bool:
         # A step may start in the round where its provider runs its final pass: the provider's final
         # frames are computed in the same chunk task, just before the step sees them.
         if step.provider is None:
@@ -182,7 +185,7 @@ class Schedule:
         return any(not link.final or steps[link.step].reduced for link in plan.chain if link.action == "compute")
 
     # -- after a round ------------------------------------------------------------------
-    def interpret(self, step, result: Any, where: str) -> tuple[str, Any]:
+    def interpret(self, step: ResolvedStep, result: Any, where: str) -> tuple[str, Any]:
         """Classify what ``finalize`` returned after a pass: ``("state", s)`` or ``("outputs", dict)``.
 
         Updates the step's status (passes done, whether the next pass is the

@@ -32,12 +32,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 from diffraflow.operators.base import InputSpec
 from diffraflow.schemas.chunking import choose_layout
 from diffraflow.schemas.errors import SchemaError
+
+if TYPE_CHECKING:
+    import zarr
+    from zarr.core.metadata import ArrayV3Metadata
 
 __all__ = ["Region", "ChunkSource", "GrowingSource", "ZarrCubeSource", "ArraySource", "region_grid",
            "iter_regions"]
@@ -168,7 +172,7 @@ class GrowingSource(ChunkSource, Protocol):
 
 # Per-process cache of opened Zarr arrays: a task re-opening the store for
 # every chunk would re-read its metadata each time.
-_OPEN: dict[str, Any] = {}
+_OPEN: dict[str, zarr.Array[ArrayV3Metadata]] = {}
 _OPEN_LOCK = threading.Lock()
 
 
@@ -203,16 +207,17 @@ def read_checked(path: str, variable: str, region: Region, det_shape: tuple[int,
     return np.asarray(block).reshape(region.n, *det_shape)
 
 
-def _open_patterns(path: str, variable: str):
+def _open_patterns(path: str, variable: str) -> zarr.Array[ArrayV3Metadata]:
     key = f"{path}::{variable}"
     arr = _OPEN.get(key)
     if arr is None:
         import zarr
+        from diffraflow.flow.store import stored_array
 
         with _OPEN_LOCK:
             arr = _OPEN.get(key)
             if arr is None:
-                arr = zarr.open_group(path, mode="r", zarr_format=3)[variable]
+                arr = stored_array(zarr.open_group(path, mode="r", zarr_format=3), variable)
                 _OPEN[key] = arr
     return arr
 
@@ -248,8 +253,8 @@ class ZarrCubeSource:
     ((2, 3), (1, 3), 48)
     """
 
-    def __init__(self, path: str | os.PathLike, chunk_frames: int | None = None, variable: str = "patterns") -> None:
-        from diffraflow.flow.store import acquisition_progress, open_cube_group
+    def __init__(self, path: str | os.PathLike[str], chunk_frames: int | None = None, variable: str = "patterns") -> None:
+        from diffraflow.flow.store import acquisition_progress, open_cube_group, stored_array
 
         self.path = str(Path(path).expanduser().absolute())
         self.variable = variable
@@ -260,7 +265,7 @@ class ZarrCubeSource:
         self._delivered: set[int] = set()
         if variable not in group:
             raise SchemaError(f"{self.path}: {variable}", "store has no such array", "pass a scan cube")
-        arr = group[variable]
+        arr = stored_array(group, variable)
         shape = tuple(int(s) for s in arr.shape)
         self.spec = InputSpec(scan_shape=cast("tuple[int, int]", shape[:2]),
                               det_shape=cast("tuple[int, int]", shape[2:]), dtype=np.dtype(str(arr.dtype)),
@@ -342,7 +347,7 @@ class ZarrCubeSource:
                 "dtype": self.spec.dtype.str, "created": self._created}
 
 
-def _ranges_cover(ranges: list, start: int, stop: int) -> bool:
+def _ranges_cover(ranges: list[list[int]], start: int, stop: int) -> bool:
     """True when sorted, merged ``[a, b)`` ranges hold all of ``[start, stop)``.
 
     Examples

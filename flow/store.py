@@ -42,9 +42,10 @@ import itertools
 import math
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 import numpy as np
 from diffraflow.flow.locks import HOST, StoreLock, pid_alive
@@ -74,6 +75,13 @@ from diffraflow.schemas.errors import (
     StoreNotFoundError,
 )
 
+if TYPE_CHECKING:
+    import xarray as xr
+    import zarr
+    from zarr.codecs import BloscCodec
+    from zarr.core.array_spec import ArrayConfigParams
+    from zarr.core.metadata import ArrayV3Metadata
+
 __all__ = [
     "CubeWriter",
     "TemporaryStoreWriter",
@@ -90,6 +98,8 @@ __all__ = [
     "store_manifest",
     "check_manifest",
     "check_region_present",
+    "stored_array",
+    "dimension_names",
     "open_cube_group",
     "verify_checksums",
     "acquisition_progress",
@@ -98,7 +108,7 @@ __all__ = [
 
 #: Zarr array configuration for everything diffraflow writes: every chunk is stored, even one equal
 #: to the fill value, so that a missing chunk file always means damage, never "all fill".
-ARRAY_CONFIG: dict[str, Any] = {"write_empty_chunks": True}
+ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 def checksum_codecs() -> list[Any]:
@@ -116,8 +126,8 @@ def checksum_codecs() -> list[Any]:
     return [Crc32cCodec()]
 
 
-def prepare_output_path(path: str | os.PathLike, overwrite: bool = False, *, kind: str = "result",
-                        inputs: Iterable[str | os.PathLike] = ()) -> tuple[Path, Path]:
+def prepare_output_path(path: str | os.PathLike[str], overwrite: bool = False, *, kind: str = "result",
+                        inputs: Iterable[str | os.PathLike[str]] = ()) -> tuple[Path, Path]:
     """Check an output store path and return ``(final, temporary)`` paths.
 
     Stale partial stores of dead writers of the same output are removed first
@@ -178,7 +188,7 @@ def _same_or_nested(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def check_not_an_input(final: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+def check_not_an_input(final: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
     """Refuse an output that is, contains or lies inside one of the command's inputs.
 
     Examples
@@ -204,7 +214,7 @@ def check_not_an_input(final: str | os.PathLike, inputs: Iterable[str | os.PathL
         raise OutputExistsError(str(out), problem, "choose another output path")
 
 
-def diffraflow_kind(path: str | os.PathLike) -> str | None:
+def diffraflow_kind(path: str | os.PathLike[str]) -> str | None:
     """The ``diffraflow.kind`` of a store at ``path``, or None when it is not a diffraflow store.
 
     Reads only the group's ``zarr.json``; never raises for foreign files.
@@ -273,7 +283,7 @@ def remove_stale_partials(final: Path) -> list[Path]:
     >>> [p.name for p in remove_stale_partials(final)]
     ['.x.zarr.partial-999999999']
     """
-    removed = []
+    removed: list[Path] = []
     try:
         siblings = list(final.parent.iterdir())
     except OSError:
@@ -292,7 +302,7 @@ def remove_stale_partials(final: Path) -> list[Path]:
     return removed
 
 
-def frame_compressors():
+def frame_compressors() -> list[BloscCodec]:
     """The codec for frame data: Blosc-LZ4 with bit shuffling.
 
     Measured on 3,600 Poisson-noise 60x60 uint16 frames (2 cores): 281 MB/s at
@@ -326,10 +336,10 @@ class FrameArrayWriter:
     35
     """
 
-    def __init__(self, group, name: str, layout: CubeLayout, dtype: np.dtype,
+    def __init__(self, group: zarr.Group, name: str, layout: CubeLayout, dtype: np.dtype[Any],
                  dims: Sequence[str] = SCAN_DIMS, where: str = "input",
                  attributes: dict[str, Any] | None = None, check_finite: bool = True,
-                 on_flush: Any = None) -> None:
+                 on_flush: Callable[[int], object] | None = None) -> None:
         self.layout = validate_layout(layout, where=name)
         #: Called with the number of frames persisted (whole shards, a prefix in scan order) after each flush.
         self.on_flush = on_flush
@@ -344,7 +354,7 @@ class FrameArrayWriter:
             dimension_names=list(dims), fill_value=fill, attributes=attributes or {},
             compressors=[*frame_compressors(), *checksum_codecs()], config=ARRAY_CONFIG,
         )
-        self._frame_shape = layout.shape[2:]
+        self._frame_shape: tuple[int, ...] = layout.shape[2:]
         self._n_total = layout.shape[0] * layout.shape[1]
         self._written = 0  # frames appended so far (flat scan index of the next frame)
         self._buffer = np.empty((layout.shards[0] * layout.shards[1], *self._frame_shape), dtype=self.dtype)
@@ -352,7 +362,7 @@ class FrameArrayWriter:
         self._shard_origin = (0, 0)
 
     @classmethod
-    def reopen(cls, group, name: str, where: str = "input", frames_written: int = 0) -> FrameArrayWriter:
+    def reopen(cls, group: zarr.Group, name: str, where: str = "input", frames_written: int = 0) -> FrameArrayWriter:
         """A writer of an existing frame array, to go on writing regions of an interrupted acquisition.
 
         ``frames_written`` counts the frames an earlier writer already persisted
@@ -370,7 +380,7 @@ class FrameArrayWriter:
         (1, 2, 1, 1)
         """
         self = cls.__new__(cls)
-        self.array = group[name].with_config(ARRAY_CONFIG)  # the config is not stored: all-zero shards too
+        self.array = stored_array(group, name).with_config(ARRAY_CONFIG)  # the config is not stored: all-zero shards too
         shape = tuple(int(v) for v in self.array.shape)
         chunks = tuple(int(v) for v in self.array.chunks)
         shards = tuple(int(v) for v in (self.array.shards or self.array.chunks))
@@ -553,10 +563,11 @@ class TemporaryStoreWriter:
             shutil.rmtree(self.temp, ignore_errors=True)
         self._release()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is not None or not self._finalized:
             self.abort()
 
@@ -615,7 +626,7 @@ class CubeWriter(TemporaryStoreWriter):
             self._persisted(0)
 
     @classmethod
-    def reopen(cls, path: str | os.PathLike, where: str | None = None) -> CubeWriter:
+    def reopen(cls, path: str | os.PathLike[str], where: str | None = None) -> CubeWriter:
         """Go on writing an in-place acquisition whose writer stopped before it was complete.
 
         The cube keeps its metadata, creation time and every persisted shard;
@@ -662,7 +673,8 @@ class CubeWriter(TemporaryStoreWriter):
         self.claim()
         try:
             self.group = zarr.open_group(str(final), mode="r+", zarr_format=3)
-            self.attrs = validate_scan_attrs(dict(self.group.attrs.get("scan", {})), where=where)
+            self.attrs = validate_scan_attrs(dict(cast(Mapping[str, Any], self.group.attrs.get("scan", {}))),
+                                             where=where)
             extra = {k: v for k, v in progress.items() if k not in ("state", "frames_expected", "writer", "updated")}
             written = sum(int(b) - int(a) for a, b in extra.get("persisted", [])) if "persisted" in extra \
                 else int(progress.get("frames_persisted", 0))
@@ -781,7 +793,7 @@ class CubeWriter(TemporaryStoreWriter):
 
 
 def create_cube(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     scan_shape: tuple[int, int],
     det_shape: tuple[int, int],
@@ -793,7 +805,7 @@ def create_cube(
     chunk_frames: int | None = None,
     layout: CubeLayout | None = None,
     where: str | None = None,
-    inputs: Iterable[str | os.PathLike] = (),
+    inputs: Iterable[str | os.PathLike[str]] = (),
     in_place: bool = False,
 ) -> CubeWriter:
     """Start writing a new scan cube at ``path``.
@@ -843,7 +855,37 @@ def create_cube(
     return CubeWriter(final, temp, layout, dtype, scan, overwrite, where, in_place=in_place)
 
 
-def open_group_checked(path: str | os.PathLike, kind: str | None = None, require_complete: bool = True):
+def stored_array(group: zarr.Group, name: str) -> zarr.Array[ArrayV3Metadata]:
+    """``group[name]``, typed as what it is in every diffraflow store: a Zarr v3 array, not a group.
+
+    Zarr's item access may return either; only the store's layout says which.
+
+    Examples
+    --------
+    >>> import zarr
+    >>> root = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
+    >>> _ = root.create_array("a", shape=(2,), dtype="u1")
+    >>> stored_array(root, "a").shape
+    (2,)
+    """
+    return cast("zarr.Array[ArrayV3Metadata]", group[name])
+
+
+def dimension_names(array: zarr.Array[Any]) -> tuple[str | None, ...]:
+    """The ``dimension_names`` of a Zarr v3 array; ``()`` when it has none (Zarr v2 metadata has none).
+
+    Examples
+    --------
+    >>> import zarr
+    >>> root = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
+    >>> dimension_names(root.create_array("a", shape=(2,), dtype="u1", dimension_names=["x"]))
+    ('x',)
+    """
+    return tuple(getattr(array.metadata, "dimension_names", None) or ())
+
+
+def open_group_checked(path: str | os.PathLike[str], kind: str | None = None,
+                       require_complete: bool = True) -> zarr.Group:
     """Open a diffraflow Zarr group and check its marker.
 
     Raises
@@ -945,7 +987,7 @@ def _present_keys(folder: Path, separator: str) -> set[str]:
     return {f.name for f in folder.iterdir() if f.is_file() and f.name.startswith("c")}
 
 
-def store_manifest(path: str | os.PathLike) -> dict[str, Any]:
+def store_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a complete store holds: chunk files per array (recorded in the ``manifest`` attribute).
 
     Examples
@@ -964,7 +1006,7 @@ def store_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return {"version": 1, "arrays": arrays}
 
 
-def check_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+def check_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Check a complete store's chunk files against its ``manifest``; None when it has none (older stores).
 
     Raises
@@ -1008,7 +1050,7 @@ def check_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     return manifest
 
 
-def check_region_present(array_path: str | os.PathLike, record: dict[str, Any], y: tuple[int, int],
+def check_region_present(array_path: str | os.PathLike[str], record: dict[str, Any], y: tuple[int, int],
                          x: tuple[int, int]) -> None:
     """Raise DataCorruptionError when a chunk file under scan rows ``y`` and columns ``x`` is gone.
 
@@ -1037,7 +1079,7 @@ def check_region_present(array_path: str | os.PathLike, record: dict[str, Any], 
                                           "the command that made it")
 
 
-def verify_checksums(path: str | os.PathLike, progress: bool = False) -> int:
+def verify_checksums(path: str | os.PathLike[str], progress: bool = False) -> int:
     """Read every stored chunk of every array once, so damaged bytes fail their CRC-32C; returns bytes read.
 
     Reads one shard (or chunk) at a time, so memory stays at one shard.
@@ -1061,7 +1103,7 @@ def verify_checksums(path: str | os.PathLike, progress: bool = False) -> int:
 
     root = Path(path)
     nodes = _array_nodes(root)
-    blocks = []
+    blocks: list[tuple[str, tuple[int, ...], list[int]]] = []
     for name, (_folder, record) in sorted(nodes.items()):
         counts, _ = _grid(record)
         outer = [int(v) for v in record["chunk_grid"]["configuration"]["chunk_shape"]]
@@ -1077,7 +1119,7 @@ def verify_checksums(path: str | os.PathLike, progress: bool = False) -> int:
         for name, index, outer in blocks:
             selection = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, outer, strict=True))
             try:
-                total += int(np.asarray(group[name][selection]).nbytes)
+                total += int(np.asarray(stored_array(group, name)[selection]).nbytes)
             except ValueError as exc:
                 raise DataCorruptionError(f"{root}: {name}", f"chunk {list(index)} is damaged ({exc})",
                                           "restore the store from a copy, or re-create it") from None
@@ -1092,7 +1134,7 @@ def verify_checksums(path: str | os.PathLike, progress: bool = False) -> int:
 ACQUISITION_RECORD = "_acquisition/progress.json"
 
 
-def write_acquisition_progress(store: str | os.PathLike, record: dict[str, Any]) -> None:
+def write_acquisition_progress(store: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Replace the acquisition record of an in-place cube atomically (readers never see half of it).
 
     Examples
@@ -1114,7 +1156,7 @@ def write_acquisition_progress(store: str | os.PathLike, record: dict[str, Any])
     os.replace(tmp, target)
 
 
-def acquisition_progress(store: str | os.PathLike) -> dict[str, Any] | None:
+def acquisition_progress(store: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The acquisition record of a cube written in place, or None (a cube written whole).
 
     Examples
@@ -1131,7 +1173,7 @@ def acquisition_progress(store: str | os.PathLike) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def open_cube_group(path: str | os.PathLike, allow_acquiring: bool = False):
+def open_cube_group(path: str | os.PathLike[str], allow_acquiring: bool = False) -> tuple[zarr.Group, ScanAttrs]:
     """Open a complete scan cube and check that it agrees with itself; returns ``(group, ScanAttrs)``.
 
     Beyond the schema, the metadata must describe the arrays actually stored:
@@ -1151,8 +1193,8 @@ def open_cube_group(path: str | os.PathLike, allow_acquiring: bool = False):
     ...
     diffraflow.schemas.errors.StoreNotFoundError: /no/such/cube.zarr: no such store (fix: check the path; create a store with 'diffraflow convert' or 'diffraflow simulate')
     """
-    progress = acquisition_progress(path)
-    state = progress.get("state") if progress else None
+    progress = acquisition_progress(path) or {}
+    state = progress.get("state")
     if state == "aborted":
         raise InputFileError(str(path), f"the acquisition was aborted after {progress.get('frames_persisted')} "
                              f"of {progress.get('frames_expected')} frames", "process the frames there are after "
@@ -1162,13 +1204,13 @@ def open_cube_group(path: str | os.PathLike, allow_acquiring: bool = False):
                                    f"{progress.get('frames_expected')} frames so far)",
                                    "wait for the acquisition to end, or run a pipeline on it: runs follow it")
     group = open_group_checked(path, kind="scan_cube", require_complete=state != "acquiring")
-    scan = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(path))
+    scan = validate_scan_attrs(dict(cast(Mapping[str, Any], group.attrs.get("scan", {}))), where=str(path))
     fix = "the store's metadata was edited or damaged; restore it, or re-create the store with diffraflow"
     if "patterns" not in group:
         raise SchemaError(f"{path}: patterns", "store has no 'patterns' array", "re-create the store")
-    patterns = group["patterns"]
+    patterns = stored_array(group, "patterns")
     shape = tuple(int(v) for v in patterns.shape)
-    dims = tuple(patterns.metadata.dimension_names or ())
+    dims = dimension_names(patterns)
     if len(shape) != 4 or dims != SCAN_DIMS:
         raise SchemaError(f"{path}: patterns", f"shape {list(shape)} with dimension names {list(dims)}, expected "
                           f"4-d {list(SCAN_DIMS)}", fix)
@@ -1179,7 +1221,7 @@ def open_cube_group(path: str | os.PathLike, allow_acquiring: bool = False):
         raise SchemaError(f"{path}: scan.scan_shape", f"metadata says {list(scan.scan_shape)} but the patterns "
                           f"hold {list(shape[:2])}", fix)
     for name, arr in group.arrays():
-        names = tuple(arr.metadata.dimension_names or ())
+        names = dimension_names(arr)
         if name == "patterns" or names[:2] != SCAN_DIMS[:2]:
             continue
         if tuple(int(v) for v in arr.shape[:2]) != shape[:2]:
@@ -1191,7 +1233,7 @@ def open_cube_group(path: str | os.PathLike, allow_acquiring: bool = False):
     return group, scan
 
 
-def store_marker(path: str | os.PathLike) -> StoreMarker:
+def store_marker(path: str | os.PathLike[str]) -> StoreMarker:
     """The ``diffraflow`` marker of a store, complete or not.
 
     Examples
@@ -1199,10 +1241,10 @@ def store_marker(path: str | os.PathLike) -> StoreMarker:
     >>> # store_marker("scan.zarr").complete
     """
     group = open_group_checked(path, require_complete=False)
-    return validate_store_marker(dict(group.attrs["diffraflow"]), str(path))
+    return validate_store_marker(dict(cast(Mapping[str, Any], group.attrs["diffraflow"])), str(path))
 
 
-def read_scan_attrs(path: str | os.PathLike) -> ScanAttrs:
+def read_scan_attrs(path: str | os.PathLike[str]) -> ScanAttrs:
     """Validated ``scan`` attributes of a complete cube.
 
     Examples
@@ -1212,7 +1254,7 @@ def read_scan_attrs(path: str | os.PathLike) -> ScanAttrs:
     return open_cube_group(path)[1]
 
 
-def open_cube(path: str | os.PathLike, chunks: str | dict | None = "store"):
+def open_cube(path: str | os.PathLike[str], chunks: str | dict[str, Any] | None = "store") -> xr.Dataset:
     """Open a complete scan cube lazily as an ``xarray.Dataset``.
 
     Parameters
@@ -1238,11 +1280,12 @@ def open_cube(path: str | os.PathLike, chunks: str | dict | None = "store"):
     import xarray as xr
 
     group, scan = open_cube_group(path)
-    patterns = group["patterns"]
+    patterns = stored_array(group, "patterns")
     if chunks == "store":
         chunks = dict(zip(SCAN_DIMS, patterns.chunks, strict=True))
     # any other string is passed on for xarray to accept ("auto") or reject
-    ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3,
-                      chunks=cast("dict | Literal['auto'] | None", chunks))
-    ds.attrs = {"scan": scan.model_dump(mode="json"), "diffraflow": dict(group.attrs["diffraflow"])}
+    ds: xr.Dataset = xr.open_zarr(str(path), consolidated=False, zarr_format=3,
+                                  chunks=cast("dict[str, Any] | Literal['auto'] | None", chunks))
+    ds.attrs = {"scan": scan.model_dump(mode="json"),
+                "diffraflow": dict(cast(Mapping[str, Any], group.attrs["diffraflow"]))}
     return ds

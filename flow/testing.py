@@ -82,7 +82,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from diffraflow.flow.engine import run_pipeline
@@ -141,7 +141,8 @@ def synthetic_frames(scan_shape: tuple[int, int] = (5, 7), det_shape: tuple[int,
     hi = np.iinfo(dtype).max if np.dtype(dtype).kind in "iu" else 1.0
     scale = rng.uniform(0.2, 0.8, size=(*scan_shape, 1, 1))
     frames = hi * 0.5 * blob * scale + rng.uniform(0, hi * 0.3, size=(*scan_shape, dy, dx))
-    return frames.astype(dtype)
+    out: np.ndarray = frames.astype(dtype)
+    return out
 
 
 def spot_frames(scan_shape: tuple[int, int] = (3, 5), det_shape: tuple[int, int] = (12, 10),
@@ -186,7 +187,7 @@ def input_spec(frames: np.ndarray, attrs: dict[str, Any] | None = None) -> Input
     frames = np.asarray(frames)
     if frames.ndim != 4:
         raise ValueError(f"expected 4-d frames (scan_y, scan_x, det_y, det_x), got shape {frames.shape}")
-    return InputSpec(tuple(frames.shape[:2]), tuple(frames.shape[2:]), frames.dtype, attrs)  # type: ignore[arg-type]
+    return InputSpec(tuple(frames.shape[:2]), tuple(frames.shape[2:]), frames.dtype, attrs)
 
 
 # -- sources -------------------------------------------------------------------------
@@ -358,8 +359,8 @@ def _strip(op: Operator | Pipeline, results: dict[str, np.ndarray]) -> dict[str,
     return {key.split("/", 1)[1]: value for key, value in results.items()}
 
 
-def run_operator(op: Operator | Pipeline, frames: np.ndarray | str | os.PathLike | ChunkSource, *,
-                 chunk_frames: Chunking = None, executor: Any = "inline", output: str | os.PathLike | None = None,
+def run_operator(op: Operator | Pipeline, frames: np.ndarray | str | os.PathLike[str] | ChunkSource, *,
+                 chunk_frames: Chunking = None, executor: Any = "inline", output: str | os.PathLike[str] | None = None,
                  backend: str | None = None, order: str | Sequence[int] = "scan",
                  attrs: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Run one operator (or a pipeline) through the engine; results by output name.
@@ -410,7 +411,9 @@ def run_operator(op: Operator | Pipeline, frames: np.ndarray | str | os.PathLike
     elif chunk_frames is not None and not isinstance(chunk_frames, int | np.integer):
         raise ValueError("uneven chunks need an in-memory array; give a cube path an int chunk_frames")
     report = run_pipeline(_pipeline(op, backend), data, output=output, executor=executor,
-                          chunk_frames=chunk_frames if isinstance(data, str | os.PathLike) else None, retries=0)
+                          # a cube path's chunk_frames is an int or None (checked above)
+                          chunk_frames=cast("int | None", chunk_frames) if isinstance(data, str | os.PathLike) else None,
+                          retries=0)
     return _strip(op, report.results)
 
 
@@ -578,7 +581,7 @@ def check_executors(op: Operator | Pipeline, frames: np.ndarray, executors: Sequ
     return results[0]
 
 
-def check_reference(op: Operator | Pipeline, frames: np.ndarray, reference: Callable[[np.ndarray], dict | None],
+def check_reference(op: Operator | Pipeline, frames: np.ndarray, reference: Callable[[np.ndarray], dict[str, np.ndarray] | None],
                     *, chunk_frames: Chunking = 3, rtol: float = 1e-6, atol: float = 0.0) -> None:
     """Results equal a naive NumPy ``reference(frames) -> {output: array}`` (compared in float for floats).
 
@@ -638,7 +641,7 @@ def check_backends(op: Operator, frames: np.ndarray, backends: Iterable[str] | N
     return wanted
 
 
-def check_operator(op: Operator | Pipeline, frames: np.ndarray, reference: Callable | None = None, *,
+def check_operator(op: Operator | Pipeline, frames: np.ndarray, reference: Callable[[np.ndarray], dict[str, np.ndarray] | None] | None = None, *,
                    chunkings: Iterable[Chunking] = DEFAULT_CHUNKINGS, executors: Sequence[Any] = ("inline", "threads"),
                    rtol: float = 1e-6, atol: float = 0.0) -> dict[str, np.ndarray]:
     """Run every conformance check; returns the results (one chunk, inline).

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 from diffraflow.flow.cli import positive_float
 from diffraflow.schemas.cube import PC_CONVENTIONS
+
+if TYPE_CHECKING:
+    import argparse
+
+    from diffraflow.flow.cli import Subparsers
 
 _EPILOG = """formats: h5ebsd (kikuchipy, EDAX, Bruker, Oxford), EDAX .up1/.up2, Oxford .ebsp,
 NORDIF .dat (+Setting.txt), NanoMegas .blo, Merlin .mib (+.hdr), HyperSpy .hspy, .npy,
@@ -20,7 +26,7 @@ examples:
   diffraflow convert data.mib data.zarr --chunk-mb 16 --energy 300"""
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the ``convert`` subcommand.
 
     Examples
@@ -58,7 +64,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _command(args) -> str:
+def _command(args: argparse.Namespace) -> str:
     """The command line, rebuilt from the parsed arguments (for provenance)."""
     words = ["diffraflow", "convert", *args.inputs, args.output]
     for name in ("scan_shape", "det_shape", "chunk_mb", "modality", "pc", "pc_convention", "sample_tilt",
@@ -72,7 +78,7 @@ def _command(args) -> str:
     return shlex.join(words)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from diffraflow.flow.convert import convert
 
     quiet = args.quiet

@@ -15,13 +15,17 @@ import argparse
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffraflow.schemas.errors import OutputExistsError
+
+if TYPE_CHECKING:
+    from diffraflow.flow.cli import Subparsers
 
 DEFAULT_PIPELINE = "default_ebsd.yaml"
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the ``demo`` subcommand.
 
     Examples
@@ -75,7 +79,7 @@ def _compile_indexing_kernels(scan: Path) -> None:
         print(f"    done in {seconds:.1f} s", flush=True)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     out = Path(args.output).absolute()
     if out.exists() and not out.is_dir():
         raise OutputExistsError(str(out), "exists and is not a directory", "pass another --output directory")

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def register(subparsers) -> None:
+if TYPE_CHECKING:
+    import argparse
+
+    from diffraflow.flow.cli import Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
     """Add the ``export`` subcommand.
 
     Examples
@@ -46,7 +53,7 @@ def check_min_confidence(value: float | None, option: str = "--min-confidence") 
                           f"e.g. {option} 0.1; 0 keeps every solution")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from diffraflow.flow.crystal_map import (
         MIN_CONFIDENCE,
         header_metadata,

@@ -26,18 +26,30 @@ indexing rate.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from diffraflow.flow.cli import positive_float, positive_int
 from diffraflow.flow.executors import DEFAULT_CONNECT_TIMEOUT
 from diffraflow.schemas.cube import PC_CONVENTIONS
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import zarr
+    from diffraflow.flow.cli import Subparsers
+    from diffraflow.flow.executors import Executor
+    from diffraflow.flow.pipeline import Pipeline, ResolvedPipeline
+    from diffraflow.flow.results import ResultSink
+    from diffraflow.operators.indexing.hough_index import HoughIndex
+
 #: The step name of the crystal map in stores ``diffraflow index`` writes.
 STEP_NAME = "crystal_map"
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the ``index`` subcommand.
 
     Examples
@@ -98,7 +110,7 @@ def step_backend(choice: str) -> str:
     return "cupy" if choice == "cuda" else "numpy"
 
 
-def index_pipeline(args):
+def index_pipeline(args: argparse.Namespace) -> Pipeline:
     """The one-step pipeline ``diffraflow index`` runs, built (and its parameters checked) from the arguments.
 
     Examples
@@ -114,7 +126,7 @@ def index_pipeline(args):
     from diffraflow.schemas.cube import check_projection_centre
 
     check_min_confidence(args.min_confidence)
-    params: dict = {"use_static_background": bool(args.static_background)}
+    params: dict[str, Any] = {"use_static_background": bool(args.static_background)}
     if args.phase:
         if len(set(args.phase)) != len(args.phase):
             from diffraflow.schemas.errors import SchemaError
@@ -132,7 +144,7 @@ def index_pipeline(args):
     return Pipeline([Step(op, name=STEP_NAME, backend=step_backend(args.backend))])
 
 
-def summary_line(path, n_indexed: int, n_below: int, n: int, min_confidence: float, phases: str, backend: str,
+def summary_line(path: str | os.PathLike[str], n_indexed: int, n_below: int, n: int, min_confidence: float, phases: str, backend: str,
                  seconds: float) -> str:
     """The line ``diffraflow index`` ends with.
 
@@ -156,12 +168,12 @@ def _geq() -> str:
     return "≥"
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from diffraflow.flow.crystal_map import count_indexed, read_crystal_map, read_crystal_map_record
     from diffraflow.flow.engine import run_pipeline
     from diffraflow.flow.exporters._common import check_output
     from diffraflow.flow.plots_crystal import png_paths
-    from diffraflow.flow.store import check_not_an_input, prepare_output_path
+    from diffraflow.flow.store import check_not_an_input, prepare_output_path, stored_array
 
     pipeline = index_pipeline(args)  # parameters checked before anything else
     check_not_an_input(args.output, [args.input])
@@ -172,7 +184,7 @@ def run(args) -> int:
         for path in png_paths(base).values():
             check_output(path, args.overwrite)
 
-    def on_start(executor, plan, sink) -> None:
+    def on_start(executor: Executor, plan: ResolvedPipeline, sink: ResultSink) -> None:
         if getattr(sink, "resumed", False):
             print(f"resuming {sink.path}", file=sys.stderr)
         if executor.dashboard_link:
@@ -184,16 +196,21 @@ def run(args) -> int:
     if report.warmup_seconds >= 1:
         print(f"compiled the kernels in {report.warmup_seconds:.0f} s; later runs load them from numba's cache",
               file=sys.stderr)
-    group, _, record = read_crystal_map_record(report.output, STEP_NAME)
-    target = group[record["prefix"]] if record.get("prefix") else group
-    phase_id, confidence = np.asarray(target["phase_id"][...]), np.asarray(target["confidence"][...])
-    min_confidence = float(record.get("min_confidence", pipeline.steps[0].op.min_confidence))
+    output = report.output
+    assert output is not None  # the run wrote a result store
+    group, _, record = read_crystal_map_record(output, STEP_NAME)
+    # the prefix names the step's group (checked by read_crystal_map_record)
+    target = cast("zarr.Group", group[record["prefix"]]) if record.get("prefix") else group
+    phase_id = np.asarray(stored_array(target, "phase_id")[...])
+    confidence = np.asarray(stored_array(target, "confidence")[...])
+    hough = cast("HoughIndex", pipeline.steps[0].op)  # index_pipeline builds a hough_index step
+    min_confidence = float(record.get("min_confidence", hough.min_confidence))
     n_indexed, n_below = count_indexed(phase_id, confidence, min_confidence)
     phases = ", ".join(p["name"] for p in record.get("phases", []))
     backend = "cuda" if pipeline.steps[0].backend == "cupy" else "cpu"
     if report.already_complete:
-        print(f"{report.output}: already complete (re-run with --overwrite to index again)")
-    print(summary_line(report.output, n_indexed, n_below, phase_id.size, min_confidence, phases, backend,
+        print(f"{output}: already complete (re-run with --overwrite to index again)")
+    print(summary_line(output, n_indexed, n_below, phase_id.size, min_confidence, phases, backend,
                        report.seconds))
     if n_below > n_indexed:
         pc = (record.get("projection_centre") or {})
@@ -203,13 +220,13 @@ def run(args) -> int:
     if args.png:
         from diffraflow.flow.plots_crystal import write_crystal_map_pngs
 
-        for picture in write_crystal_map_pngs(read_crystal_map(report.output, STEP_NAME), base,
+        for picture in write_crystal_map_pngs(read_crystal_map(output, STEP_NAME), base,
                                               overwrite=args.overwrite, min_confidence=min_confidence):
             print(picture)
     return 0
 
 
-def _picture_base(output: str):
+def _picture_base(output: str) -> Path:
     from pathlib import Path
 
     final = Path(output).expanduser().absolute()

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def register(subparsers) -> None:
+if TYPE_CHECKING:
+    import argparse
+
+    from diffraflow.flow.cli import Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
     """Add the ``info`` subcommand.
 
     Examples
@@ -16,7 +23,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Print the summary of ``args.store``; values the store does not know read "unknown".
 
     Examples

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+
+    from diffraflow.flow.cli import Subparsers
+    from diffraflow.operators.base import Operator
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the ``operators`` subcommand.
 
     Examples
@@ -23,7 +29,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def describe_operator(cls) -> dict[str, Any]:
+def describe_operator(cls: type[Operator]) -> dict[str, Any]:
     """Backends, passes, outputs (resolved on a sample input when possible) and parameters of an operator class.
 
     Examples
@@ -60,7 +66,7 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from diffraflow.flow.commands.run import import_plugins
     from diffraflow.operators.base import get_operator_class, list_operators
 

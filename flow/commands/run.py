@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import TYPE_CHECKING
 
 from diffraflow.flow.cli import non_negative_int, positive_float, positive_int
 from diffraflow.flow.executors import DEFAULT_CONNECT_TIMEOUT
 
+if TYPE_CHECKING:
+    import argparse
 
-def register(subparsers) -> None:
+    from diffraflow.flow.cli import Subparsers
+    from diffraflow.flow.executors import Executor
+    from diffraflow.flow.pipeline import ResolvedPipeline
+    from diffraflow.flow.results import ResultSink
+
+
+def register(subparsers: Subparsers) -> None:
     """Add the ``run`` subcommand.
 
     Examples
@@ -69,14 +78,14 @@ def import_plugins(modules: list[str]) -> None:
                                 "check the module name and that its directory is on PYTHONPATH") from None
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from diffraflow.flow.engine import run_pipeline
     from diffraflow.flow.pipeline import Pipeline
 
     import_plugins(args.plugin)
     pipeline = Pipeline.from_file(args.pipeline)  # fails here, before any data, on a bad file
 
-    def on_start(executor, plan, sink) -> None:
+    def on_start(executor: Executor, plan: ResolvedPipeline, sink: ResultSink) -> None:
         if getattr(sink, "resumed", False):
             print(f"resuming {sink.path}", file=sys.stderr)
         if executor.dashboard_link:

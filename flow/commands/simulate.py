@@ -25,11 +25,21 @@ wrote ...sped.zarr: sped 2 x 6 scan, 16 x 16 uint8 frames; ground truth true_loa
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from diffraflow.schemas.errors import SchemaError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from diffraflow.flow.cli import Subparsers
+    from diffraflow.operators.simulate.ebsd import EBSDSimulation
+    from diffraflow.operators.simulate.sped import SPEDSimulation
+    from tqdm import tqdm
 
 __all__ = ["register", "run_ebsd", "run_sped", "write_ebsd", "write_sped"]
 
@@ -49,7 +59,7 @@ _FLAGS = {
 _BATCH_BYTES = 8 * 2**20
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add ``simulate ebsd`` and ``simulate sped``.
 
     Examples
@@ -125,7 +135,7 @@ def register(subparsers) -> None:
     sped.set_defaults(func=run_sped)
 
 
-def _command_line(args) -> str:
+def _command_line(args: argparse.Namespace) -> str:
     """The command as parsed, every option spelled out: reproduces the store whatever the defaults become."""
     parts = ["diffraflow", "simulate", args.kind, shlex.quote(str(args.out))]
     for name, value in sorted(vars(args).items()):
@@ -149,7 +159,7 @@ def _with_flag(exc: SchemaError) -> SchemaError:
     return SchemaError(flag, exc.problem, exc.fix) if flag else exc
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str) -> tqdm:
     from tqdm import tqdm
 
     # Only on a terminal: logs and pipes stay clean.
@@ -166,8 +176,9 @@ def _check_step(step: float) -> None:
         raise SchemaError("--step-size", f"must be positive, got {step}", "e.g. --step-size 1")
 
 
-def write_ebsd(sim, out, *, overwrite: bool = False, clean_patterns: bool = False, step_size: float = 1.0,
-               command: str | None = None, progress: bool = True):
+def write_ebsd(sim: EBSDSimulation, out: str | os.PathLike[str], *, overwrite: bool = False,
+               clean_patterns: bool = False, step_size: float = 1.0, command: str | None = None,
+               progress: bool = True) -> Path:
     """Write an :class:`~diffraflow.operators.simulate.ebsd.EBSDSimulation` as a scan cube with its truth.
 
     Returns
@@ -206,6 +217,7 @@ def write_ebsd(sim, out, *, overwrite: bool = False, clean_patterns: bool = Fals
             for batch in sim.batches(batch_frames=_batch_frames(sim.det_shape), clean=clean_patterns):
                 writer.patterns.append(batch.patterns)
                 if clean_writer is not None:
+                    assert batch.clean is not None  # batches carry clean frames when asked for them
                     clean_writer.append(batch.clean)
                 bar.update(len(batch.patterns))
         writer.write_variable("true_rotation", sim.true_rotation, ("scan_y", "scan_x", "quat"), ground_truth=True,
@@ -223,8 +235,8 @@ def write_ebsd(sim, out, *, overwrite: bool = False, clean_patterns: bool = Fals
         return writer.finalize()
 
 
-def write_sped(sim, out, *, overwrite: bool = False, step_size: float = 2.0, command: str | None = None,
-               progress: bool = True):
+def write_sped(sim: SPEDSimulation, out: str | os.PathLike[str], *, overwrite: bool = False,
+               step_size: float = 2.0, command: str | None = None, progress: bool = True) -> Path:
     """Write a :class:`~diffraflow.operators.simulate.sped.SPEDSimulation` as a scan cube with its truth.
 
     Examples
@@ -263,22 +275,22 @@ def write_sped(sim, out, *, overwrite: bool = False, step_size: float = 2.0, com
 
 
 class _NullBar:
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
     def update(self, n: int) -> None:
         pass
 
 
-def _summary(path, sim, modality: str, truth: list[str]) -> str:
+def _summary(path: Path, sim: EBSDSimulation | SPEDSimulation, modality: str, truth: list[str]) -> str:
     return (f"wrote {path}: {modality} {sim.scan_shape[0]} x {sim.scan_shape[1]} scan, "
             f"{sim.det_shape[0]} x {sim.det_shape[1]} {sim.dtype.name} frames; ground truth {', '.join(truth)}")
 
 
-def run_ebsd(args) -> int:
+def run_ebsd(args: argparse.Namespace) -> int:
     """Run ``diffraflow simulate ebsd``."""
     from diffraflow.flow.store import prepare_output_path
     from diffraflow.operators.simulate.ebsd import DEFAULT_PC, simulate_ebsd
@@ -302,7 +314,7 @@ def run_ebsd(args) -> int:
     return 0
 
 
-def run_sped(args) -> int:
+def run_sped(args: argparse.Namespace) -> int:
     """Run ``diffraflow simulate sped``."""
     from diffraflow.flow.store import prepare_output_path
     from diffraflow.operators.simulate.sped import simulate_sped

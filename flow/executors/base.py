@@ -42,12 +42,18 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from diffraflow.operators.base import ChunkContext
+from diffraflow.operators.base import ChunkContext, OutputSpec
 from diffraflow.schemas.errors import PipelineError
+
+if TYPE_CHECKING:
+    from diffraflow.flow.pipeline import ResolvedPipeline, ResolvedStep
+    from diffraflow.flow.schedule import RoundPlan
+    from diffraflow.flow.sources import ChunkSource, Region
 
 __all__ = ["RunShared", "ChunkResult", "run_chunk", "run_finalize", "Executor", "to_numpy", "clear_constants"]
 
@@ -75,10 +81,10 @@ class RunShared:
         Step name -> result key of its stored final frames.
     """
 
-    plan: Any
-    source: Any
+    plan: ResolvedPipeline
+    source: ChunkSource
     states: dict[str, Any] = field(default_factory=dict)
-    round: Any = None
+    round: RoundPlan | None = None
     store: str | None = None
     worker_keys: frozenset[str] = frozenset()
     materialized: dict[str, str] = field(default_factory=dict)
@@ -116,7 +122,7 @@ _CONSTANTS_LOCK = threading.Lock()
 _KEY_LOCKS: dict[str, threading.Lock] = {}
 
 
-def _constants(step) -> Any:
+def _constants(step: ResolvedStep) -> Any:
     key = step.setup_key()
     if key in _CONSTANTS:
         return _CONSTANTS[key]
@@ -188,7 +194,7 @@ def _to_backend(frames: Any, backend: str) -> Any:
 _SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 
 
-def _slot(step) -> Any:
+def _slot(step: ResolvedStep) -> AbstractContextManager[Any]:
     import contextlib
 
     limit = step.op.max_concurrency
@@ -200,7 +206,7 @@ def _slot(step) -> Any:
     return semaphore
 
 
-def _checked(step, name: str, spec, value: Any, n: int) -> Any:
+def _checked(step: ResolvedStep, name: str, spec: OutputSpec, value: Any, n: int) -> Any:
     want = (n, *spec.extra_shape)
     if tuple(value.shape) != want:
         raise PipelineError(f"step {step.name!r}.{name}", f"process() returned shape {tuple(value.shape)} for "
@@ -208,7 +214,7 @@ def _checked(step, name: str, spec, value: Any, n: int) -> Any:
     return value
 
 
-def _as_dtype(value: Any, dtype: np.dtype) -> Any:
+def _as_dtype(value: Any, dtype: np.dtype[Any]) -> Any:
     """``value`` in ``dtype`` without leaving its device (numpy, cupy or torch); no copy when it already is."""
     if type(value).__module__.startswith("torch"):
         import torch
@@ -218,7 +224,7 @@ def _as_dtype(value: Any, dtype: np.dtype) -> Any:
     return value if value.dtype == dtype else value.astype(dtype)
 
 
-def run_chunk(shared: RunShared, region, round_: int) -> ChunkResult:
+def run_chunk(shared: RunShared, region: Region, round_: int) -> ChunkResult:
     """The task body: read one chunk, run the round's chain of steps, return outputs and partials.
 
     Frame-sized outputs named in ``shared.worker_keys`` are written into the
@@ -234,6 +240,7 @@ def run_chunk(shared: RunShared, region, round_: int) -> ChunkResult:
 
     t0 = time.perf_counter()
     plan = shared.plan
+    assert shared.round is not None  # the engine shares a round's plan with every task
     steps = {s.name: s for s in plan.steps}
     frames: Any = shared.source.read(region) if shared.round.reads_source else None
     n = region.n
@@ -289,7 +296,7 @@ def run_chunk(shared: RunShared, region, round_: int) -> ChunkResult:
     return ChunkResult(region.index, round_, per_frame, partials, n, time.perf_counter() - t0)
 
 
-def run_finalize(plan: Any, step_name: str, partials: dict[str, Any], pass_index: int, state: Any,
+def run_finalize(plan: ResolvedPipeline, step_name: str, partials: dict[str, Any], pass_index: int, state: Any,
                  final: bool) -> Any:
     """Run one step's ``finalize`` as a task (on a worker with the step's backend; see ``device_state``)."""
     step = next(s for s in plan.steps if s.name == step_name)
@@ -323,7 +330,7 @@ class Executor(ABC):
         return value
 
     @abstractmethod
-    def submit(self, key: Any, fn: Callable, *args: Any, gpu: bool = False) -> None:
+    def submit(self, key: Any, fn: Callable[..., Any], *args: Any, gpu: bool = False) -> None:
         """Queue ``fn(*args)`` under ``key``."""
 
     @abstractmethod

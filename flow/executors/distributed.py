@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffraflow.flow.executors.base import Executor
 from diffraflow.schemas.errors import (
@@ -36,6 +36,10 @@ from diffraflow.schemas.errors import (
     SchedulerUnreachableError,
     WorkersLostError,
 )
+
+if TYPE_CHECKING:
+    from dask.typing import Key
+    from distributed import Client, Future
 
 __all__ = ["DistributedExecutor"]
 
@@ -66,7 +70,7 @@ class DistributedExecutor(Executor):
     name = "distributed"
 
     def __init__(self, address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1,
-                 client: Any = None, processes: bool = True, connect_timeout: float = 10.0,
+                 client: Client | None = None, processes: bool = True, connect_timeout: float = 10.0,
                  lost_workers_timeout: float = 30.0) -> None:
         self.address = address
         self.connect_timeout = float(connect_timeout)
@@ -78,19 +82,20 @@ class DistributedExecutor(Executor):
         self._client = client
         self._own_client = client is None
         self._cluster: Any = None  # LocalCluster or dask_cuda's LocalCUDACluster
-        self._futures: dict[Any, Any] = {}  # future key -> (task key, future)
+        self._futures: dict[Key, tuple[Any, Future[Any]]] = {}  # future key -> (task key, future)
         self._gpu_resources = False
 
     @property
-    def client(self):
+    def client(self) -> Client:
         if self._client is None:
             self.start()
+        assert self._client is not None  # start() connects or raises
         return self._client
 
     @property
     def workers(self) -> int:
         info = self.client.scheduler_info(n_workers=-1) if _accepts_n_workers() else self.client.scheduler_info()
-        return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+        return max(1, sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()))
 
     def start(self, gpu: bool = False) -> None:
         if self._client is not None:
@@ -116,7 +121,7 @@ class DistributedExecutor(Executor):
         self.dashboard_link = getattr(self._client, "dashboard_link", None)
 
     def _has_gpu_resource(self) -> bool:
-        info = self._client.scheduler_info()
+        info = self.client.scheduler_info()
         return any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values())
 
     def share(self, value: Any) -> Any:
@@ -124,7 +129,7 @@ class DistributedExecutor(Executor):
         # dies takes its copy with it and the scheduler then cancels every task that needs it.
         return _Shared(value, self.client.scatter(value, broadcast=True, hash=False))
 
-    def submit(self, key: Any, fn: Callable, *args: Any, gpu: bool = False) -> None:
+    def submit(self, key: Any, fn: Callable[..., Any], *args: Any, gpu: bool = False) -> None:
         resources = {"GPU": 1} if gpu and self._gpu_resources else None
         args = tuple(self._refresh(a) if isinstance(a, _Shared) else a for a in args)
         future = self.client.submit(fn, *args, pure=False, resources=resources)
@@ -135,7 +140,7 @@ class DistributedExecutor(Executor):
             shared.future = self.client.scatter(shared.value, broadcast=True, hash=False)
         return shared.future
 
-    def _wait_one(self, timeout: float | None):
+    def _wait_one(self, timeout: float | None) -> Future[Any] | None:
         from distributed import wait
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -150,7 +155,8 @@ class DistributedExecutor(Executor):
             except Exception:  # wait() raises for cancelled futures: those are finished too, badly
                 done = {f for f in futures if f.status in ("cancelled", "lost", "error")}
             if done:
-                return next(iter(done))
+                first: Future[Any] = next(iter(done))
+                return first
             self._check_cluster()
             if deadline is not None and time.monotonic() >= deadline:
                 return None
@@ -235,7 +241,7 @@ class _Shared:
         self.future = future
 
 
-def _connect(address: str, timeout: float):
+def _connect(address: str, timeout: float) -> Client:
     """A Client for ``address`` within ``timeout`` seconds, or a one-line SchedulerUnreachableError."""
     import logging
     import socket
@@ -281,7 +287,7 @@ def _accepts_n_workers() -> bool:
     return "n_workers" in inspect.signature(Client.scheduler_info).parameters
 
 
-def _cuda_cluster(n_workers: int | None):
+def _cuda_cluster(n_workers: int | None) -> Any:
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:

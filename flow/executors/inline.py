@@ -28,9 +28,9 @@ class InlineExecutor(Executor):
     name = "inline"
 
     def __init__(self) -> None:
-        self._queue: deque = deque()
+        self._queue: deque[tuple[Any, Callable[..., Any], tuple[Any, ...]]] = deque()
 
-    def submit(self, key: Any, fn: Callable, *args: Any, gpu: bool = False) -> None:
+    def submit(self, key: Any, fn: Callable[..., Any], *args: Any, gpu: bool = False) -> None:
         self._queue.append((key, fn, args))
 
     def next_done(self, timeout: float | None = None) -> tuple[Any, bool, Any] | None:

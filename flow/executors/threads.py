@@ -31,7 +31,7 @@ class ThreadExecutor(Executor):
     def __init__(self, n_threads: int | None = None) -> None:
         self.n_threads = int(n_threads or os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
-        self._futures: dict[Future, Any] = {}
+        self._futures: dict[Future[Any], Any] = {}
 
     @property
     def workers(self) -> int:
@@ -41,7 +41,7 @@ class ThreadExecutor(Executor):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="diffraflow")
 
-    def submit(self, key: Any, fn: Callable, *args: Any, gpu: bool = False) -> None:
+    def submit(self, key: Any, fn: Callable[..., Any], *args: Any, gpu: bool = False) -> None:
         self.start()
         assert self._pool is not None
         self._futures[self._pool.submit(fn, *args)] = key

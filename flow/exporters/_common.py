@@ -6,10 +6,13 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffraflow.schemas.errors import DestinationNotWritableError, OutputExistsError
+
+if TYPE_CHECKING:
+    from orix.crystal_map import CrystalMap, Phase
 
 __all__ = ["MapTable", "map_table", "check_output", "atomic_write", "lattice_angstrom", "pc_in_convention"]
 
@@ -34,7 +37,7 @@ class MapTable:
     y: np.ndarray
 
 
-def map_table(xmap) -> MapTable:
+def map_table(xmap: CrystalMap) -> MapTable:
     """Flatten an orix ``CrystalMap`` into a :class:`MapTable`.
 
     Examples
@@ -70,7 +73,7 @@ def map_table(xmap) -> MapTable:
                     [phase for _, phase in pl], props, cols * dx, rows * dy)
 
 
-def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
+def check_output(path: str | os.PathLike[str], overwrite: bool) -> Path:
     """Check an output file path; return it absolute.
 
     Raises
@@ -100,7 +103,7 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     return final
 
 
-def atomic_write(path: str | os.PathLike, overwrite: bool, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], overwrite: bool, write: Callable[[Path], None]) -> Path:
     """Call ``write(temp_path)`` and rename the result to ``path`` once it succeeded.
 
     The temporary file keeps the extension (``.NAME.partial-PID.EXT``) so
@@ -123,7 +126,7 @@ def atomic_write(path: str | os.PathLike, overwrite: bool, write: Callable[[Path
     return final
 
 
-def lattice_angstrom(phase) -> tuple[float, float, float, float, float, float]:
+def lattice_angstrom(phase: Phase) -> tuple[float, float, float, float, float, float]:
     """Lattice ``(a, b, c, alpha, beta, gamma)`` of an orix phase in Angstrom and degrees.
 
     diffraflow phases carry nm; phases read from vendor files carry Angstrom.

@@ -33,15 +33,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffraflow.flow.exporters._common import (
+    MapTable,
     atomic_write,
     lattice_angstrom,
     map_table,
     pc_in_convention,
 )
+
+if TYPE_CHECKING:
+    from orix.crystal_map import CrystalMap, Phase
 
 __all__ = ["write_ang", "oim_symmetry_code"]
 
@@ -52,7 +56,7 @@ _OIM_SYMMETRY = {
 }
 
 
-def oim_symmetry_code(phase) -> str:
+def oim_symmetry_code(phase: Phase) -> str:
     """The OIM ``Symmetry`` code of an orix phase (its proper point group).
 
     Examples
@@ -66,7 +70,7 @@ def oim_symmetry_code(phase) -> str:
     return _OIM_SYMMETRY.get(phase.point_group.proper_subgroup.name, "1")
 
 
-def _header(table, metadata: Mapping[str, Any] | None, to_um: float) -> str:
+def _header(table: MapTable, metadata: Mapping[str, Any] | None, to_um: float) -> str:
     pc = pc_in_convention(metadata, "tsl") or (0.0, 0.0, 0.0)
     lines = [
         "TEM_PIXperUM          1.000000",
@@ -115,7 +119,7 @@ def _header(table, metadata: Mapping[str, Any] | None, to_um: float) -> str:
     return "".join(f"# {line}".rstrip() + "\n" for line in lines)
 
 
-def write_ang(xmap, path: str | os.PathLike, overwrite: bool = False,
+def write_ang(xmap: CrystalMap, path: str | os.PathLike[str], overwrite: bool = False,
               metadata: Mapping[str, Any] | None = None) -> Path:
     """Write an orix ``CrystalMap`` to an EDAX/TSL ``.ang`` file.
 

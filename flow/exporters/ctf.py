@@ -34,10 +34,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from diffraflow.flow.exporters._common import atomic_write, lattice_angstrom, map_table
+from diffraflow.flow.exporters._common import MapTable, atomic_write, lattice_angstrom, map_table
+
+if TYPE_CHECKING:
+    from orix.crystal_map import CrystalMap, Phase
 
 __all__ = ["write_ctf", "laue_group_code"]
 
@@ -46,7 +49,7 @@ _LAUE_CODES = {"-1": 1, "2/m": 2, "mmm": 3, "4/m": 4, "4/mmm": 5, "-3": 6, "-3m"
                "m-3": 10, "m-3m": 11}
 
 
-def laue_group_code(phase) -> int:
+def laue_group_code(phase: Phase) -> int:
     """Channel 5 Laue-group code (1-11) of an orix phase.
 
     Examples
@@ -64,7 +67,7 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".")
 
 
-def _header(table, path: Path, metadata: Mapping[str, Any] | None, to_um: float) -> str:
+def _header(table: MapTable, path: Path, metadata: Mapping[str, Any] | None, to_um: float) -> str:
     meta = dict(metadata or {})
     det = meta.get("detector") or {}
     kv = meta.get("beam_energy_kv") or 0
@@ -108,7 +111,7 @@ def _to_byte(values: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255)
 
 
-def write_ctf(xmap, path: str | os.PathLike, overwrite: bool = False,
+def write_ctf(xmap: CrystalMap, path: str | os.PathLike[str], overwrite: bool = False,
               metadata: Mapping[str, Any] | None = None) -> Path:
     """Write an orix ``CrystalMap`` to an Oxford ``.ctf`` file.
 

@@ -15,14 +15,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffraflow.flow.exporters._common import atomic_write
+
+if TYPE_CHECKING:
+    from orix.crystal_map import CrystalMap
 
 __all__ = ["write_orix_h5"]
 
 
-def write_orix_h5(xmap, path: str | os.PathLike, overwrite: bool = False,
+def write_orix_h5(xmap: CrystalMap, path: str | os.PathLike[str], overwrite: bool = False,
                   metadata: Mapping[str, Any] | None = None) -> Path:
     """Write an orix ``CrystalMap`` with ``orix.io.save`` (the orix HDF5 layout).
 

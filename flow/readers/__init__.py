@@ -95,7 +95,7 @@ def _hdf5_kind(path: Path) -> type[Reader]:
     return H5EBSDReader
 
 
-def detect_format(sources: Sequence[str | os.PathLike]) -> type[Reader]:
+def detect_format(sources: Sequence[str | os.PathLike[str]]) -> type[Reader]:
     """The reader class for an input, from extension and magic bytes.
 
     Parameters
@@ -157,7 +157,7 @@ def detect_format(sources: Sequence[str | os.PathLike]) -> type[Reader]:
                              + ", a directory of images, or a glob")
 
 
-def open_reader(sources: Sequence[str | os.PathLike] | str | os.PathLike, *, format: str | None = None,
+def open_reader(sources: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, format: str | None = None,
                 scan_shape: tuple[int, int] | None = None, det_shape: tuple[int, int] | None = None,
                 **options: Any) -> Reader:
     """A reader for ``sources`` (detected, or forced with ``format``).

@@ -167,7 +167,7 @@ class Reader(abc.ABC):
     #: Modality of the format ("ebsd", "sped", "4dstem"), or None to decide per file.
     modality: ClassVar[str | None] = None
 
-    def __init__(self, path: str | os.PathLike, *, scan_shape: tuple[int, int] | None = None,
+    def __init__(self, path: str | os.PathLike[str], *, scan_shape: tuple[int, int] | None = None,
                  det_shape: tuple[int, int] | None = None) -> None:
         self.path = Path(path)
         self.scan_shape_hint: tuple[int, int] | None = (
@@ -240,7 +240,7 @@ class Reader(abc.ABC):
     def __enter__(self) -> Reader:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- helpers ----------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from diffraflow.flow.readers.base import Probe, Reader, batched, check_file_size, jsonable
@@ -71,7 +72,7 @@ class BlockfileReader(Reader):
         assert HEADER_DTYPE.names is not None  # a structured dtype
         header = {name: jsonable(h[name]) for name in HEADER_DTYPE.names}
         header["Note"] = note
-        attrs: dict = {"modality": "sped", "detector": {"shape": [side, side]},
+        attrs: dict[str, Any] = {"modality": "sped", "detector": {"shape": [side, side]},
                        "original_metadata": {"blockfile_header": header}}
         if h["Beam_energy"] > 0:
             attrs["beam_energy_kv"] = float(h["Beam_energy"]) / 1000.0  # stored in volts

@@ -21,10 +21,13 @@ import math
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffraflow.flow.readers.base import Variable
+
+if TYPE_CHECKING:
+    from orix.crystal_map import CrystalMap, Phase, PhaseList
 
 __all__ = [
     "CRYSTAL_MAP_DIMS",
@@ -102,7 +105,7 @@ def euler_map_variables(euler_rad: np.ndarray, phase_id: np.ndarray, scores: dic
     return out
 
 
-def _grid_order(xmap, scan_shape: tuple[int, int]) -> np.ndarray | None:
+def _grid_order(xmap: CrystalMap, scan_shape: tuple[int, int]) -> np.ndarray | None:
     """Flat scan index of each crystal-map point, from its x/y coordinates."""
     ny, nx = scan_shape
     try:
@@ -116,13 +119,13 @@ def _grid_order(xmap, scan_shape: tuple[int, int]) -> np.ndarray | None:
     row = np.rint((y - y.min()) / dy).astype(int) if ny > 1 else np.zeros(len(y), int)
     if col.max(initial=0) >= nx or row.max(initial=0) >= ny:
         return None
-    flat = row * nx + col
+    flat: np.ndarray = row * nx + col
     if len(np.unique(flat)) != len(flat):
         return None
     return flat
 
 
-def xmap_to_variables(xmap, scan_shape: tuple[int, int]) -> tuple[dict[str, Variable], list[dict[str, Any]]]:
+def xmap_to_variables(xmap: CrystalMap, scan_shape: tuple[int, int]) -> tuple[dict[str, Variable], list[dict[str, Any]]]:
     """Crystal-map variables and phase records from an orix ``CrystalMap``.
 
     Points not in the data get a NaN rotation and ``phase_id = -1``.
@@ -189,7 +192,7 @@ def xmap_to_variables(xmap, scan_shape: tuple[int, int]) -> tuple[dict[str, Vari
     return variables, phase_list_records(xmap.phases)
 
 
-def phase_record(phase, phase_id: int) -> dict[str, Any] | None:
+def phase_record(phase: Phase, phase_id: int) -> dict[str, Any] | None:
     """A ``PhaseRecord`` dict from an orix ``Phase``, with invalid parts dropped.
 
     Examples
@@ -215,7 +218,7 @@ def phase_record(phase, phase_id: int) -> dict[str, Any] | None:
     return record
 
 
-def phase_list_records(phase_list) -> list[dict[str, Any]]:
+def phase_list_records(phase_list: PhaseList) -> list[dict[str, Any]]:
     """Phase records for every indexed phase of an orix ``PhaseList``.
 
     Examples
@@ -260,7 +263,7 @@ def find_sidecar_crystal_map(source: Path) -> Path | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def load_crystal_map_file(path: Path):
+def load_crystal_map_file(path: Path) -> CrystalMap:
     """Read an ``.ang``/``.ctf`` (or orix/Bruker HDF5) crystal map with orix.
 
     Examples

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from diffraflow.flow.readers.base import Probe, Reader, batched, check_file_size
@@ -57,8 +58,8 @@ class EDAXBinaryReader(Reader):
                                  "this is not an EDAX .up1/.up2 file, or its header is damaged")
         size = self.path.stat().st_size
         frame_bytes = sx * sy * dtype.itemsize
-        om: dict = {"version": version, "data_offset": offset}
-        attrs: dict = {"modality": "ebsd", "detector": {"shape": [sy, sx], "pc_convention": "edax"},
+        om: dict[str, Any] = {"version": version, "data_offset": offset}
+        attrs: dict[str, Any] = {"modality": "ebsd", "detector": {"shape": [sy, sx], "pc_convention": "edax"},
                        "original_metadata": om}
         notes: list[str] = []
         hexagonal = False

@@ -26,10 +26,11 @@ True
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from diffraflow.flow.readers.base import Probe, Reader, Variable, jsonable
@@ -43,6 +44,10 @@ from diffraflow.flow.readers.hdf5 import (
 )
 from diffraflow.schemas.cube import check_projection_centre
 from diffraflow.schemas.errors import SchemaError
+
+if TYPE_CHECKING:
+    import h5py
+    from numpy.typing import ArrayLike
 
 __all__ = ["H5EBSDReader", "h5ebsd_flavour"]
 
@@ -67,7 +72,7 @@ def _get(d: dict[str, Any], *names: str, default: Any = None) -> Any:
     return default
 
 
-def h5ebsd_flavour(h5file) -> tuple[str | None, str | None]:
+def h5ebsd_flavour(h5file: h5py.File) -> tuple[str | None, str | None]:
     """``(manufacturer, version)`` from the top group, lower-case, or ``(None, None)``.
 
     Examples
@@ -99,7 +104,7 @@ def _float(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def _pc_arrays(x, y, z, n: int, scan_shape: tuple[int, int]) -> np.ndarray | None:
+def _pc_arrays(x: ArrayLike | None, y: ArrayLike | None, z: ArrayLike | None, n: int, scan_shape: tuple[int, int]) -> np.ndarray | None:
     """Per-point PC ``(scan_y, scan_x, 3)`` or ``(3,)``, or None when unknown/invalid."""
     if x is None or y is None or z is None:
         return None
@@ -139,7 +144,8 @@ class H5EBSDReader(Reader):
     extensions = ("h5", "hdf5", "h5ebsd", "h5oina")
     modality = "ebsd"
 
-    def __init__(self, path, *, scan_group: str | None = None, processed: bool = False, **kwargs) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, scan_group: str | None = None, processed: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self.scan_group = scan_group
         self.processed = processed
@@ -157,12 +163,12 @@ class H5EBSDReader(Reader):
             self._file = None
 
     # -- probing -----------------------------------------------------------
-    def _open(self):
+    def _open(self) -> h5py.File:
         if self._file is None:
             self._file = open_h5(self.path)
         return self._file
 
-    def _scan(self, f):
+    def _scan(self, f: h5py.File) -> tuple[str, h5py.Group]:
         import h5py
 
         names = [k for k, v in f.items() if isinstance(v, h5py.Group) and "EBSD/Data" in v and "EBSD/Header" in v]
@@ -221,10 +227,10 @@ class H5EBSDReader(Reader):
                                  f"{scan[0]} x {scan[1]} = {n}")
         probe.dtype = np.dtype(dset.dtype)
 
-    def _base_attrs(self, header: dict, sem: dict | None = None) -> dict[str, Any]:
+    def _base_attrs(self, header: dict[str, Any], sem: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"modality": "ebsd", "detector": {}, "original_metadata": {"sem": jsonable(sem or {})}}
 
-    def _finish(self, attrs: dict, ny: int, nx: int, sy: int, sx: int, pc: np.ndarray | None,
+    def _finish(self, attrs: dict[str, Any], ny: int, nx: int, sy: int, sx: int, pc: np.ndarray | None,
                 convention: str, variables: dict[str, Variable], notes: list[str]) -> Probe:
         det = attrs["detector"]
         det["shape"] = [sy, sx]
@@ -256,12 +262,12 @@ class H5EBSDReader(Reader):
             variables["static_background"] = Variable(bg, ("det_y", "det_x"))
 
     @staticmethod
-    def _set(d: dict, key: str, value: Any) -> None:
+    def _set(d: dict[str, Any], key: str, value: Any) -> None:
         if value is not None:
             d[key] = value
 
     # -- flavours ------------------------------------------------------------
-    def _kikuchipy(self, group, header, data) -> Probe:
+    def _kikuchipy(self, group: h5py.Group, header: dict[str, Any], data: dict[str, Any]) -> Probe:
         sem = group_to_dict(group["SEM/Header"]) if "SEM/Header" in group else {}
         ny, nx = int(_get(header, "n_rows", default=1)), int(_get(header, "n_columns", default=1))
         sy, sx = int(_get(header, "pattern_height")), int(_get(header, "pattern_width"))
@@ -290,7 +296,7 @@ class H5EBSDReader(Reader):
         pc = _pc_arrays(_get(header, "pcx", "xpc"), _get(header, "pcy", "ypc"), _get(header, "pcz", "zpc"),
                         ny * nx, (ny, nx))
         self._background(_get(header, "static_background"), (sy, sx), variables)
-        phases: list[dict] = []
+        phases: list[dict[str, Any]] = []
         if "EBSD/CrystalMap/crystal_map" in group:
             try:
                 from kikuchipy.io.plugins._h5ebsd import _hdf5group2dict
@@ -308,7 +314,7 @@ class H5EBSDReader(Reader):
         return self._finish(attrs, ny, nx, sy, sx, pc, "bruker", variables, notes)
 
     @staticmethod
-    def _kikuchipy_header_phases(groups: dict) -> list[dict]:
+    def _kikuchipy_header_phases(groups: dict[str, Any]) -> list[dict[str, Any]]:
         records = []
         for key, ph in groups.items():
             if not isinstance(ph, dict) or not str(key).isdigit():
@@ -324,7 +330,7 @@ class H5EBSDReader(Reader):
             records.append(rec)
         return records
 
-    def _edax(self, group, header, data) -> Probe:
+    def _edax(self, group: h5py.Group, header: dict[str, Any], data: dict[str, Any]) -> Probe:
         ny, nx = int(_get(header, "nRows")), int(_get(header, "nColumns"))
         sy, sx = int(_get(header, "Pattern Height")), int(_get(header, "Pattern Width"))
         grid = _get(header, "Grid Type")
@@ -375,7 +381,7 @@ class H5EBSDReader(Reader):
             attrs["original_metadata"]["crystal_map_variables"] = sorted(cmap)
         return self._finish(attrs, ny, nx, sy, sx, pc, "edax", variables, notes)
 
-    def _bruker(self, group, header, data) -> Probe:
+    def _bruker(self, group: h5py.Group, header: dict[str, Any], data: dict[str, Any]) -> Probe:
         grid = _get(header, "Grid Type")
         if grid not in (None, "isometric"):
             raise self.error(f"grid type {grid!r} is not supported", "convert scans on a square (isometric) grid")
@@ -409,7 +415,7 @@ class H5EBSDReader(Reader):
         n = ny * nx
         variables: dict[str, Variable] = {}
 
-        def in_scan_order(a):
+        def in_scan_order(a: ArrayLike) -> np.ndarray:
             a = np.asarray(a).reshape(-1)
             return a[self._order] if self._order is not None and a.size == n else a
 
@@ -454,7 +460,7 @@ class H5EBSDReader(Reader):
             attrs["original_metadata"]["crystal_map_variables"] = sorted(cmap)
         return self._finish(attrs, ny, nx, sy, sx, pc, "bruker", variables, notes)
 
-    def _oxford(self, group, header, data) -> Probe:
+    def _oxford(self, group: h5py.Group, header: dict[str, Any], data: dict[str, Any]) -> Probe:
         ny, nx = int(_get(header, "Y Cells")), int(_get(header, "X Cells"))
         sy, sx = int(_get(header, "Pattern Height")), int(_get(header, "Pattern Width"))
         attrs = self._base_attrs(header)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffraflow.schemas.errors import TruncatedFileError
+
+if TYPE_CHECKING:
+    import h5py
 
 __all__ = ["HDF5_MAGIC", "is_hdf5", "open_h5", "group_to_dict", "scalar", "iter_dataset_frames"]
 
@@ -32,7 +35,7 @@ def is_hdf5(head: bytes) -> bool:
     return head.startswith(HDF5_MAGIC)
 
 
-def open_h5(path: Path):
+def open_h5(path: Path) -> h5py.File:
     """Open an HDF5 file read-only, turning h5py's errors into one-line errors.
 
     Raises
@@ -77,7 +80,7 @@ def scalar(value: Any) -> Any:
     return value
 
 
-def group_to_dict(group, skip: tuple[str, ...] = (), max_size: int = 1_000_000, attrs: bool = False) -> dict[str, Any]:
+def group_to_dict(group: h5py.Group, skip: tuple[str, ...] = (), max_size: int = 1_000_000, attrs: bool = False) -> dict[str, Any]:
     """Datasets (and sub-groups) of an HDF5 group as a nested dict.
 
     Datasets named in ``skip`` and datasets larger than ``max_size`` elements
@@ -118,7 +121,7 @@ def group_to_dict(group, skip: tuple[str, ...] = (), max_size: int = 1_000_000, 
     return out
 
 
-def iter_dataset_frames(dset, start: int, stop: int, batch: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
+def iter_dataset_frames(dset: h5py.Dataset, start: int, stop: int, batch: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Read frames ``start:stop`` of a ``(n, det_y, det_x)`` dataset in batches.
 
     Batches are rounded to whole HDF5 chunks along the frame axis so that no

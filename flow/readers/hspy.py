@@ -20,21 +20,25 @@ Examples
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffraflow.flow.readers.base import Probe, Reader, jsonable
 from diffraflow.flow.readers.hdf5 import group_to_dict, is_hdf5, iter_dataset_frames, open_h5
 from diffraflow.schemas.cube import normalise_length_unit
 
+if TYPE_CHECKING:
+    import h5py
+
 __all__ = ["HspyReader", "modality_from_metadata", "is_hspy_file"]
 
 _UNITS = {"$A^{-1}$": "1/A", "$\\AA^{-1}$": "1/A", "$nm^{-1}$": "1/nm", "Å⁻¹": "1/A", "nm⁻¹": "1/nm"}
 
 
-def is_hspy_file(h5file) -> bool:
+def is_hspy_file(h5file: h5py.File) -> bool:
     """Whether an open HDF5 file is a HyperSpy file.
 
     Examples
@@ -83,7 +87,7 @@ class HspyReader(Reader):
     extensions = ("hspy",)
     modality = None
 
-    def __init__(self, path, *, experiment: str | None = None, **kwargs) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, experiment: str | None = None, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self.experiment = experiment
         self._file: Any = None

@@ -17,14 +17,18 @@ True
 from __future__ import annotations
 
 import glob
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from diffraflow.flow.readers.base import Probe, Reader, batched
 from diffraflow.schemas.errors import InputFileError, TruncatedFileError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["ImageStackReader", "TiffReader", "natural_key", "IMAGE_EXTENSIONS", "expand_image_sources"]
 
@@ -32,7 +36,7 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif")
 _XY_PATTERNS = (r"_x(\d+)y(\d+)\.\w+$", r"-(\d+)-(\d+)\.\w+$")
 
 
-def natural_key(name: str) -> list:
+def natural_key(name: str) -> list[int | str]:
     """Sort key that orders embedded numbers numerically.
 
     Examples
@@ -43,7 +47,7 @@ def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(name))]
 
 
-def expand_image_sources(sources: Sequence[str | Path]) -> list[Path]:
+def expand_image_sources(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Image files named by a directory, a glob or explicit paths, in natural order.
 
     Examples
@@ -66,7 +70,7 @@ def expand_image_sources(sources: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _to_gray(im) -> np.ndarray:
+def _to_gray(im: Image.Image) -> np.ndarray:
     if im.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr", "1"):
         im = im.convert("L")
     return np.asarray(im)
@@ -113,7 +117,8 @@ class ImageStackReader(Reader):
     extensions = ("png", "jpg", "jpeg", "bmp", "gif")
     modality = None
 
-    def __init__(self, path, *, files: Sequence[str | Path] | None = None, **kwargs) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, files: Sequence[str | Path] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self.files = expand_image_sources(list(files) if files else [path])
 
@@ -179,7 +184,7 @@ class TiffReader(Reader):
     extensions = ("tif", "tiff")
     modality = None
 
-    def __init__(self, path, **kwargs) -> None:
+    def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self._tif: Any = None
 

@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,7 @@ def parse_settings(text: str) -> dict[str, dict[str, tuple[str, str]]]:
     return out
 
 
-def _num(settings: dict, section: str, key: str) -> float | None:
+def _num(settings: dict[str, dict[str, tuple[str, str]]], section: str, key: str) -> float | None:
     try:
         value = float(settings[section][key][0].split()[0])
     except (KeyError, ValueError, IndexError):
@@ -64,7 +65,7 @@ def _num(settings: dict, section: str, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _pair(settings: dict, section: str, key: str) -> tuple[int, int] | None:
+def _pair(settings: dict[str, dict[str, tuple[str, str]]], section: str, key: str) -> tuple[int, int] | None:
     try:
         a, b = settings[section][key][0].lower().split("x")
         return int(a), int(b)
@@ -89,7 +90,8 @@ class NordifReader(Reader):
     extensions = ("dat",)
     modality = "ebsd"
 
-    def __init__(self, path, *, setting_file: str | Path | None = None, **kwargs) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, setting_file: str | Path | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self.setting_file = Path(setting_file) if setting_file else self.path.parent / "Setting.txt"
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from diffraflow.flow.readers.base import Probe, Reader, batched
@@ -126,8 +127,8 @@ class OxfordBinaryReader(Reader):
             raise self.truncated(f"file has {size} bytes but {n_present} patterns of {rows} x {cols} need "
                                  f"{max(expected, int(starts.max()) + record.itemsize)}")
         order = (starts[present] - first_pos) // record.itemsize  # file record of each scan point
-        om: dict = {"version": version, "n_points": len(starts), "n_stored": n_present}
-        attrs: dict = {"modality": "ebsd", "detector": {"shape": [rows, cols], "pc_convention": "oxford"},
+        om: dict[str, Any] = {"version": version, "n_points": len(starts), "n_stored": n_present}
+        attrs: dict[str, Any] = {"modality": "ebsd", "detector": {"shape": [rows, cols], "pc_convention": "oxford"},
                        "original_metadata": om}
         notes: list[str] = []
         scan: tuple[int, int] = (1, n_present)

@@ -13,6 +13,12 @@ Every writer takes ``(xmap, path, overwrite=False, metadata=None)``: an orix
 ``CrystalMap``, the output path, and the scan metadata (``ScanAttrs`` dict) for
 vendor headers. Output is written under a temporary name and renamed.
 
+Decompositions (``decomposition`` product) have their own writers,
+:data:`DECOMPOSITION_EXPORTERS`: ``.hspy`` (HyperSpy, with the results as
+the signal's ``learning_results``;
+:func:`~diffraflow.flow.exporters.hspy.write_decomposition_hspy`), through
+:func:`export_decomposition`.
+
 Examples
 --------
 >>> sorted(EXPORTERS)
@@ -33,7 +39,7 @@ from typing import Any
 
 from diffraflow.schemas.errors import UnknownFormatError
 
-__all__ = ["EXPORTERS", "exporter_for", "export_crystal_map"]
+__all__ = ["EXPORTERS", "exporter_for", "export_crystal_map", "DECOMPOSITION_EXPORTERS", "export_decomposition"]
 
 #: Extension -> "module:function" of the writer (imported on use).
 EXPORTERS: dict[str, str] = {
@@ -42,6 +48,11 @@ EXPORTERS: dict[str, str] = {
     ".h5": "diffraflow.flow.exporters.orix_h5:write_orix_h5",
     ".hdf5": "diffraflow.flow.exporters.orix_h5:write_orix_h5",
     ".png": "diffraflow.flow.plots_crystal:write_crystal_map_pngs",
+}
+
+#: Extension -> "module:function" of the decomposition writers (imported on use).
+DECOMPOSITION_EXPORTERS: dict[str, str] = {
+    ".hspy": "diffraflow.flow.exporters.hspy:write_decomposition_hspy",
 }
 
 
@@ -108,3 +119,28 @@ def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
         return list(writer(xmap, path, ipf_direction=ipf_direction, overwrite=overwrite,
                            min_confidence=min_confidence))
     return [writer(apply_min_confidence(xmap, min_confidence), path, overwrite=overwrite, metadata=metadata)]
+
+
+def export_decomposition(results: str | os.PathLike, path: str | os.PathLike, *, step: str | None = None,
+                         overwrite: bool = False, with_data: bool = False) -> list[Path]:
+    """Export a decomposition step of a result store by ``path``'s extension (``.hspy``); return the files written.
+
+    Raises
+    ------
+    UnknownFormatError
+        No decomposition writer for that extension.
+
+    Examples
+    --------
+    >>> export_decomposition("run.zarr", "nmf.txt")
+    Traceback (most recent call last):
+    ...
+    diffraflow.schemas.errors.UnknownFormatError: nmf.txt: unknown decomposition export format '.txt' (fix: use an output ending in .hspy)
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in DECOMPOSITION_EXPORTERS:
+        raise UnknownFormatError(str(path), f"unknown decomposition export format {suffix or '(no extension)'!r}",
+                                 "use an output ending in " + ", ".join(sorted(DECOMPOSITION_EXPORTERS)))
+    module, function = DECOMPOSITION_EXPORTERS[suffix].split(":")
+    writer = getattr(importlib.import_module(module), function)
+    return [writer(results, path, step=step, overwrite=overwrite, with_data=with_data)]

@@ -13,7 +13,8 @@ It builds a small indexer, assembles the kernel's arguments exactly as the
 CUDA path does (:func:`diffraflow.operators.indexing.gpu.vote_args`, with
 host arrays of the device arrays' types) and compiles. With ``ptxas`` on the
 PATH (``pip install nvidia-cuda-nvcc``) it also prints registers, spills and
-shared memory per thread block. Exit status 0 means it compiled.
+shared memory per thread block (``DIFFRAFLOW_CUDA_TPB`` and
+``DIFFRAFLOW_CUDA_MIN_BLOCKS`` apply as on the GPU). Exit status 0 means it compiled.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     if cuda.__name__.startswith("numba.cuda.simulator") or "simulator" in getattr(cuda, "__file__", ""):
         print("numba's CUDA simulator is on: unset NUMBA_ENABLE_CUDASIM", file=sys.stderr)
         return 2
-    from diffraflow.operators.indexing.cuda_kernels import TPB, vote_kernel
+    from diffraflow.operators.indexing.cuda_kernels import _JIT, MIN_BLOCKS, TPB, vote_kernel
 
     cc = tuple(int(x) for x in args.cc.split("."))
     # Device functions are compiled for "the current device", which needs a
@@ -75,9 +76,10 @@ def main(argv=None) -> int:
     _dispatcher.get_current_device = lambda: _types.SimpleNamespace(compute_capability=cc)
     sig = kernel_types()
     t0 = time.perf_counter()
-    ptx, _ = cuda.compile_ptx(vote_kernel.py_func, sig, cc=cc)
+    bounds = {"launch_bounds": _JIT["launch_bounds"]} if "launch_bounds" in _JIT else {}
+    ptx, _ = cuda.compile_ptx(vote_kernel.py_func, sig, cc=cc, **bounds)
     print(f"vote_kernel: PTX for sm_{cc[0]}{cc[1]} in {time.perf_counter() - t0:.1f} s, {len(ptx.splitlines())} lines, "
-          f"TPB {TPB}")
+          f"TPB {TPB}, MIN_BLOCKS {MIN_BLOCKS}")
     ptxas = shutil.which("ptxas")
     if ptxas:
         with tempfile.TemporaryDirectory() as tmp:

@@ -5,12 +5,13 @@
 #   ../shared/tools/device-wheels.sh                  # the wheels the GPU image lacks, into .whl/ (once)
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600)
 # Everything comes back in $OUT (at most 8 files):
-#   summary.json      what ran, exit codes, seconds, and the bench figures (also in hough_gpu.json)
+#   summary.json      what ran, exit codes, seconds, and the figures of hough_gpu.json and tune.json
 #   hough_gpu.md      the RESULTS.md section: paste it into bench/RESULTS.md in place of the "unmeasured" note
 #   hough_gpu.json    every figure of bench/hough.py --backend cuda
+#   tune.json         the voting kernel alone under other block sizes / register caps (bench/cuda_tune.py)
 #   warmup.log, tests.log, bench.log, nvidia-smi.txt
 # Steps, by priority, each under its own time limit inside a global deadline: install, warm-up (numba CPU
-# and CUDA kernels compiled in one process, as GPU.md asks), the bench, the GPU tests.
+# and CUDA kernels compiled in one process, as GPU.md asks), the bench, the GPU tests, kernel tuning.
 set -u
 START=$(date +%s)
 DEADLINE=$((START + ${GPU_CHECK_SECONDS:-570}))
@@ -77,16 +78,21 @@ step tests 150 tests.log bash -c 'python3 -m pytest -q -p no:cacheprovider -m gp
     a=$?; python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/operators/test_hough_index_operator.py; \
     b=$?; exit $((a > b ? a : b))'
 
-python3 - "$OUT" "${RC[warmup]:-}" "${RC[bench]:-}" "${RC[tests]:-}" "${SECS[warmup]:-}" "${SECS[bench]:-}" \
-    "${SECS[tests]:-}" "$(( $(date +%s) - START ))" <<'EOF'
+# 5. While time lasts: the voting kernel alone with its registers capped (more blocks per multiprocessor) and
+#    with smaller blocks, each compiled in its own interpreter (bench/cuda_tune.py).
+step tune 150 bench.log python3 bench/cuda_tune.py --json "$OUT/tune.json"
+
+python3 - "$OUT" "${RC[warmup]:-}" "${RC[bench]:-}" "${RC[tests]:-}" "${RC[tune]:-}" "${SECS[warmup]:-}" \
+    "${SECS[bench]:-}" "${SECS[tests]:-}" "${SECS[tune]:-}" "$(( $(date +%s) - START ))" <<'EOF'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
-names = ("warmup", "bench", "tests")
-summary = {"rc": dict(zip(names, sys.argv[2:5])), "seconds": dict(zip(names, sys.argv[5:8])),
-           "total_seconds": int(sys.argv[8])}
-bench = out / "hough_gpu.json"
-if bench.exists():
-    summary["bench"] = json.loads(bench.read_text())
+names = ("warmup", "bench", "tests", "tune")
+summary = {"rc": dict(zip(names, sys.argv[2:6])), "seconds": dict(zip(names, sys.argv[6:10])),
+           "total_seconds": int(sys.argv[10])}
+for name in ("hough_gpu", "tune"):
+    path = out / f"{name}.json"
+    if path.exists():
+        summary[name] = json.loads(path.read_text())
 tests = out / "tests.log"
 if tests.exists():
     summary["tests_tail"] = tests.read_text()[-1500:]

@@ -58,10 +58,18 @@ simulator checks behaviour, not numba-cuda typing, which
 ``bench/cuda_ptx_check.py`` checks by compiling to PTX for sm_90.
 ``DIFFRAFLOW_CUDA_TPB`` (a power of two from 32 to 1024, read at import)
 changes the block size; the simulator tests use 32 to run faster.
+``DIFFRAFLOW_CUDA_MIN_BLOCKS`` asks the compiler for that many resident blocks
+per multiprocessor (launch bounds, which cap the registers); for sm_90 at 128
+threads ptxas reports 224 registers uncapped (two blocks per multiprocessor),
+168 at 3 and 128 at 4, with 300 more bytes of stack and no spill in the
+kernel body. Which is faster is for a GPU to say (``bench/cuda_tune.py``).
+Only the default configuration is cached on disk: numba's cache key knows
+neither knob.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -69,7 +77,7 @@ import numpy as np
 from diffraflow.operators.indexing.kernel import CAND_CAP
 from numba import cuda
 
-__all__ = ["vote_kernel", "TPB", "MAX_BANDS", "MAX_PHASES", "MAX_SELECT", "TILE", "CAND_CAP", "scratch_shapes"]
+__all__ = ["vote_kernel", "TPB", "MIN_BLOCKS", "MAX_BANDS", "MAX_PHASES", "MAX_SELECT", "TILE", "CAND_CAP", "scratch_shapes"]
 
 #: Threads per block. 128 (four warps) keeps the per-pattern loops busy
 #: (15,660 Radon bins at 60x60, about 200 hypotheses) while leaving room for
@@ -77,6 +85,11 @@ __all__ = ["vote_kernel", "TPB", "MAX_BANDS", "MAX_PHASES", "MAX_SELECT", "TILE"
 TPB = int(os.environ.get("DIFFRAFLOW_CUDA_TPB", "128"))
 if TPB < 32 or TPB > 1024 or TPB & (TPB - 1):
     raise ValueError(f"DIFFRAFLOW_CUDA_TPB must be a power of two from 32 to 1024, got {TPB}")
+#: Resident blocks per multiprocessor requested from the compiler (0: registers uncapped).
+MIN_BLOCKS = int(os.environ.get("DIFFRAFLOW_CUDA_MIN_BLOCKS", "0"))
+_JIT = {"cache": TPB == 128 and not MIN_BLOCKS}
+if MIN_BLOCKS and "launch_bounds" in inspect.signature(cuda.jit).parameters:  # numba-cuda, not the simulator
+    _JIT["launch_bounds"] = (TPB, MIN_BLOCKS)
 #: Most bands per pattern (and most bands used for pair hypotheses).
 MAX_BANDS = 32
 MAX_PAIRS = MAX_BANDS * (MAX_BANDS - 1) // 2
@@ -993,7 +1006,7 @@ def _vote_phase(ph, f, valid, s, blk, nfound, nrm, wts, pcs3, nrows, ncols, m_ds
     cuda.syncthreads()
 
 
-@cuda.jit(cache=True)
+@cuda.jit(**_JIT)
 def vote_kernel(filt, valid, rho_step, pcs, nrows, ncols, m_ds, n_bands, pair_angle, pair_triad, pair_off,
                 ref, ref_w, ref_off, sym, sym_off, pair_tol, match_tol, n_pair_bands, luts, weight_fit,
                 n_select, refine_iter, refine_min, rref, rref_w, rref_off, cand_score, cand_q,

@@ -146,7 +146,8 @@ class HoughIndexer:
     backend
         ``"auto"`` (CUDA if CuPy sees a device, else CPU), ``"cpu"`` or ``"cuda"``.
     batch_size
-        Patterns handed to :meth:`index_chunk` at once by :meth:`index`.
+        Patterns handed to :meth:`index_chunk` at once by :meth:`index` on the
+        CPU (the CUDA path takes the whole scan and batches it itself).
     gpu_batch_size
         Patterns per GPU batch on the CUDA path; ``None`` (default) sizes
         batches from the free GPU memory
@@ -642,8 +643,10 @@ class HoughIndexer:
                 "give one PC, or one per pattern with the scan's navigation shape",
             )
         parts = []
-        for s in range(0, n, self.batch_size):
-            idx = np.arange(s, min(s + self.batch_size, n))
+        # The CUDA path batches by free GPU memory and overlaps its batches itself: hand it everything.
+        step = max(n, 1) if self.backend == "cuda" else self.batch_size
+        for s in range(0, n, step):
+            idx = np.arange(s, min(s + step, n))
             parts.append(self.index_chunk(flat[s : idx[-1] + 1], nav_indices=idx if self.pcs.shape[0] > 1 else None))
         out = {k: np.concatenate([p[k] for p in parts]) for k in _OUTPUTS}
         if len(nav) == 2:

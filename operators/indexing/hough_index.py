@@ -223,6 +223,12 @@ class HoughIndex(Operator):
         """
         from diffraflow.operators.indexing.indexer import warm_up_kernels
 
+        if _indexer_backend(backend) == "cuda" and self.n_bands is not None:
+            from diffraflow.operators.indexing.cuda_kernels import MAX_BANDS
+
+            if self.n_bands > MAX_BANDS:  # before any data is read, not on the first chunk
+                raise PipelineError(f"{self.name}.n_bands", f"{self.n_bands} bands exceed the CUDA kernel's "
+                                    f"{MAX_BANDS}", f"use at most {MAX_BANDS} bands, or the numpy backend")
         warm_up_kernels(spec.dtype, _indexer_backend(backend), notify)
 
     # -- per worker and per chunk --------------------------------------------------

@@ -269,7 +269,12 @@ class HoughIndexer:
         self._pack_tables()
         self.backend = self._resolve_backend(backend)
         if self.backend == "cuda":
-            self.check_cuda_limits()
+            try:
+                self.check_cuda_limits()
+            except SchemaError:
+                if backend == "cuda":
+                    raise
+                self.backend = "cpu"  # "auto": settings beyond the CUDA kernel run on the CPU
         # The device the CUDA path runs on (None: CuPy's current device; the
         # tests put gpu.SimulatorOps here) and its constants, one set per device.
         self._gpu_ops = None

@@ -191,6 +191,13 @@ def test_cuda_limits_refused_before_data(ni_phase):
         HoughIndexer([ni_phase], det, gpu_radon="csr")
     with pytest.raises(SchemaError, match="gpu_batch_size"):
         HoughIndexer([ni_phase], det, gpu_batch_size=0)
+    # The pipeline step says so before the run, not on its first chunk.
+    from diffraflow.operators.base import InputSpec, build_operator
+    from diffraflow.schemas.errors import PipelineError
+
+    op = build_operator("hough_index", {"phases": ["ni"], "pc": [0.4, 0.2, 0.5], "n_bands": 40})
+    with pytest.raises(PipelineError, match="hough_index.n_bands: 40 bands exceed the CUDA kernel's 32"):
+        op.warm_up(InputSpec((1, 1), (20, 20), np.dtype("uint8")), "cupy", print)
 
 
 def test_batch_pipeline_with_cpu_voting_equals_reference(ni_phase, ni40):

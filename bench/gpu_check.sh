@@ -74,7 +74,8 @@ step bench 300 bench.log python3 bench/hough.py --backend cuda \
 
 # 4. The GPU tests of the indexer (CUDA vs CPU agreement, CuPy frames into hough_index, image stages) and the
 #    operator's conformance suite, which compares the cupy backend with numpy.
-step tests 150 tests.log bash -c 'python3 -m pytest -q -p no:cacheprovider -m gpu tests/operators/test_hough_gpu.py; \
+step tests 150 tests.log bash -c 'python3 -m pytest -q -p no:cacheprovider -m gpu tests/operators/test_hough_gpu.py \
+    tests/operators/test_hough_accuracy.py; \
     a=$?; python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/operators/test_hough_index_operator.py; \
     b=$?; exit $((a > b ? a : b))'
 

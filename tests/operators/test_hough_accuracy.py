@@ -116,7 +116,7 @@ def test_cuda_matches_cpu(ni_phase, ni_dynamical_mp):
     cpu = HoughIndexer([ni_phase], det, backend="cpu").index_chunk(pats)
     gpu = HoughIndexer([ni_phase], det, backend="cuda").index_chunk(pats)
     d = disorientation_deg(cpu["quaternion"], gpu["quaternion"], ni_phase.point_group)
-    # Tolerance stated in operators/indexing/gpu.py: same except near-tied peaks.
+    # Tolerance stated in operators/indexing/cuda_kernels.py: the same except near ties.
     assert np.mean(d < 0.01) >= 0.97
     dc = disorientation_deg(cpu["quaternion"], rot, ni_phase.point_group)
     dg = disorientation_deg(gpu["quaternion"], rot, ni_phase.point_group)

@@ -87,7 +87,7 @@ if TPB < 32 or TPB > 1024 or TPB & (TPB - 1):
     raise ValueError(f"DIFFRAFLOW_CUDA_TPB must be a power of two from 32 to 1024, got {TPB}")
 #: Resident blocks per multiprocessor requested from the compiler (0: registers uncapped).
 MIN_BLOCKS = int(os.environ.get("DIFFRAFLOW_CUDA_MIN_BLOCKS", "0"))
-_JIT = {"cache": TPB == 128 and not MIN_BLOCKS}
+_JIT: dict[str, object] = {"cache": TPB == 128 and not MIN_BLOCKS}
 if MIN_BLOCKS and "launch_bounds" in inspect.signature(cuda.jit).parameters:  # numba-cuda, not the simulator
     _JIT["launch_bounds"] = (TPB, MIN_BLOCKS)
 #: Most bands per pattern (and most bands used for pair hypotheses).

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from typing import Any
 
 from diffraflow.flow.cli import positive_float, positive_int
 from diffraflow.schemas.cube import PC_CONVENTIONS
@@ -29,7 +30,7 @@ PROTOCOLS = ("merlin", "dectris", "zmq")
 DEFAULT_PORTS = {"merlin": 6342, "dectris": 31001, "zmq": 5555}
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     """Add the ``live`` and ``replay`` subcommands.
 
     Examples
@@ -130,7 +131,7 @@ def parse_address(text: str, default_port: int, option: str = "--connect") -> tu
     return host.strip("[]"), int(port)
 
 
-def make_client(protocol: str, address: str, connect_timeout: float = 10.0):
+def make_client(protocol: str, address: str, connect_timeout: float = 10.0) -> Any:
     """The receiving client of ``protocol`` for ``address``.
 
     Examples
@@ -152,7 +153,7 @@ def make_client(protocol: str, address: str, connect_timeout: float = 10.0):
     return ZmqFrameClient(host, port, connect_timeout=connect_timeout)
 
 
-def _user_attrs(args) -> dict:
+def _user_attrs(args: Any) -> dict[str, Any]:
     from diffraflow.flow.convert import apply_overrides
 
     attrs = apply_overrides({}, modality=args.modality, pc=args.pc, pc_convention=args.pc_convention,
@@ -163,7 +164,7 @@ def _user_attrs(args) -> dict:
     return attrs
 
 
-def run_live(args) -> int:
+def run_live(args: Any) -> int:
     from diffraflow.flow.commands.run import import_plugins
     from diffraflow.flow.live.session import LiveSession
     from diffraflow.flow.pipeline import Pipeline
@@ -177,7 +178,7 @@ def run_live(args) -> int:
     client = make_client(args.protocol, args.connect, args.connect_timeout)
     view = None
 
-    def on_ready(session) -> None:
+    def on_ready(session: Any) -> None:
         nonlocal view
         if args.view is not None:
             from diffraflow.flow.live.view import LiveView
@@ -194,7 +195,7 @@ def run_live(args) -> int:
     import signal
     import threading
 
-    def terminate(signum, frame):  # a polite kill ends the session like Ctrl-C: same report, resumable
+    def terminate(signum: int, frame: Any) -> None:  # a polite kill ends the session like Ctrl-C: same report, resumable
         raise KeyboardInterrupt
 
     main_thread = threading.current_thread() is threading.main_thread()
@@ -220,7 +221,7 @@ def run_live(args) -> int:
     return report.exit_status
 
 
-def run_replay(args) -> int:
+def run_replay(args: Any) -> int:
     from diffraflow.flow.live.replay import replay
 
     host, port = parse_address(args.listen or "127.0.0.1", DEFAULT_PORTS[args.protocol], "--listen")

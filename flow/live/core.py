@@ -383,7 +383,8 @@ class ReceiverCore:
                 raise InputFileError("--slots", f"{slots} slots hold fewer than two shards of {fps} frames of the "
                                      f"cube {writer.final}", f"pass --slots {MIN_GROUPS * fps} or more")
             self.n_groups = min(slots // fps, n_shards)  # never more buffers than the scan has shards
-            self._buffers = [np.empty((fps, acq.frame_nbytes), np.uint8) for _ in range(self.n_groups)]
+            self._buffers: list[np.ndarray] = [np.empty((fps, acq.frame_nbytes), np.uint8)
+                                               for _ in range(self.n_groups)]
             self._free = list(range(self.n_groups))[::-1]
             self._scratch = np.empty(acq.frame_nbytes, np.uint8)
             self._last_activity = time.monotonic()
@@ -419,6 +420,7 @@ class ReceiverCore:
     def _check_store(self, acq: Acquisition) -> None:
         arr = self.writer.patterns.array
         shape = tuple(int(v) for v in arr.shape)
+        assert acq.scan_shape is not None  # settled by start()
         if shape != (*acq.scan_shape, *acq.det_shape) or np.dtype(str(arr.dtype)) != np.dtype(acq.dtype):
             raise InputFileError(str(self.writer.final), f"holds {shape[:2]} frames of {shape[2:]} {arr.dtype}, the "
                                  f"stream sends {acq.scan_shape} of {acq.det_shape} {np.dtype(acq.dtype)}",
@@ -445,16 +447,22 @@ class ReceiverCore:
         self._resumed = bool(extra.get("persisted"))
 
     # -- shard geometry -----------------------------------------------------------------------------
+    def _geometry(self) -> tuple[int, int, int, int]:
+        """Scan rows and columns, shard rows and columns."""
+        assert self.layout is not None
+        return (int(self.layout.shape[0]), int(self.layout.shape[1]), int(self.layout.shards[0]),
+                int(self.layout.shards[1]))
+
     def _n_shards(self) -> int:
-        sy, sx, ry, rx = (*self.layout.shape[:2], *self.layout.shards[:2])  # type: ignore[union-attr]
+        sy, sx, ry, rx = self._geometry()
         return -(-sy // ry) if rx >= sx else sy * -(-sx // rx)
 
     def _shard_of(self, i: int) -> int:
-        _sy, sx, ry, rx = (*self.layout.shape[:2], *self.layout.shards[:2])  # type: ignore[union-attr]
+        _sy, sx, ry, rx = self._geometry()
         return (i // sx) // ry if rx >= sx else (i // sx) * -(-sx // rx) + (i % sx) // rx
 
     def _shard_span(self, s: int) -> tuple[int, int]:
-        sy, sx, ry, rx = (*self.layout.shape[:2], *self.layout.shards[:2])  # type: ignore[union-attr]
+        sy, sx, ry, rx = self._geometry()
         if rx >= sx:
             return s * ry * sx, min((s + 1) * ry, sy) * sx
         per_row = -(-sx // rx)
@@ -502,7 +510,8 @@ class ReceiverCore:
                 start, stop = self._shard_span(s)
                 shard = self._open[s] = _Shard(s, start, stop, self._free.pop())
                 self.peak_groups_in_use = max(self.peak_groups_in_use, self.n_groups - len(self._free))
-            return self._buffers[shard.group][index - shard.start]
+            slot: np.ndarray = self._buffers[shard.group][index - shard.start]
+            return slot
 
     def open_slot(self, index: int) -> np.ndarray | None:
         """The slot of frame ``index`` when its shard is open and the frame still awaited, else None.
@@ -517,7 +526,8 @@ class ReceiverCore:
             shard = self._open.get(self._shard_of(index))
             if shard is None or shard.have[index - shard.start]:
                 return None
-            return self._buffers[shard.group][index - shard.start]
+            slot: np.ndarray = self._buffers[shard.group][index - shard.start]
+            return slot
 
     def put_run(self, first: int, frames: np.ndarray, fix: Callable[[np.ndarray], Any] | None = None) -> bool:
         """Frames ``first, first + 1, ...`` (rows of ``frames``, bytes as sent) in one go.
@@ -555,6 +565,7 @@ class ReceiverCore:
                 self.commit(i)
                 row, i = row + 1, i + 1
                 continue
+            assert led is not None  # a shard is only found with a ledger
             pos = i - shard.start
             dest = self._buffers[shard.group][pos:pos + take]
             dest[...] = frames[row:row + take]  # outside the lock: only this client writes an open shard
@@ -780,9 +791,11 @@ class ReceiverCore:
                 return False
             todo = [s for s in range(self._n_shards()) if not self._shard_written[s]]
         # Shards with no frame at all (the scan was cut short) are written as zeros, all missing.
+        acq = self.acquisition
+        assert acq is not None
         for s in todo:
             start, stop = self._shard_span(s)
-            self._write_block(s, np.zeros((stop - start, self.acquisition.frame_nbytes), np.uint8))  # type: ignore[union-attr]
+            self._write_block(s, np.zeros((stop - start, acq.frame_nbytes), np.uint8))
         self._note_lost_while_down()
         self._publish()
         received = (led.state == Ledger.PERSISTED).astype(np.uint8).reshape(self.acquisition.scan_shape)  # type: ignore[union-attr]

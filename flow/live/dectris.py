@@ -66,7 +66,8 @@ def _decompress(item: Any) -> bytes:
 
     try:
         algorithm, elem_size, data = item
-        return decompress(bytes(data), str(algorithm), elem_size=int(elem_size))
+        out: bytes = decompress(bytes(data), str(algorithm), elem_size=int(elem_size))
+        return out
     except (TypeError, ValueError) as exc:
         raise MalformedMessage(f"compressed byte string cannot be decoded ({exc})") from None
     except RuntimeError as exc:  # the decompressor's own failures
@@ -140,7 +141,8 @@ def decode_message(blob: bytes | memoryview, channel: str | None = None) -> dict
     else:
         obj = _resolve({k: v for k, v in obj.items() if k not in ("flatfield", "pixel_mask",
                                                                     "countrate_correction_lookup_table")})
-    return obj
+    message: dict[str, Any] = obj
+    return message
 
 
 def compress(frames: np.ndarray, algorithm: str) -> list[bytes]:
@@ -246,11 +248,12 @@ class DectrisClient:
         self.hwm = int(hwm)
         self.where = f"tcp://{host}:{port}"
 
-    def resume_acquisition(self, det_shape, dtype, scan_shape, attrs) -> Acquisition:
+    def resume_acquisition(self, det_shape: tuple[int, int], dtype: Any, scan_shape: tuple[int, int],
+                           attrs: dict[str, Any]) -> Acquisition:
         """The acquisition of a cube this protocol began (resuming needs no new ``start``)."""
         series = (attrs.get("original_metadata") or {}).get("series_unique_id")
-        return Acquisition(n_frames=scan_shape[0] * scan_shape[1], det_shape=tuple(det_shape),
-                           dtype=np.dtype(dtype), scan_shape=tuple(scan_shape), attrs=attrs, series=series or None)
+        return Acquisition(n_frames=scan_shape[0] * scan_shape[1], det_shape=det_shape,
+                           dtype=np.dtype(dtype), scan_shape=scan_shape, attrs=attrs, series=series or None)
 
     def _acquisition(self, start: dict[str, Any], image: np.ndarray) -> Acquisition:
         user = start.get("user_data") if isinstance(start.get("user_data"), dict) else {}
@@ -280,7 +283,7 @@ class DectrisClient:
         import zmq
         from zmq.utils.monitor import recv_monitor_message
 
-        ctx = zmq.Context.instance()
+        ctx: Any = zmq.Context.instance()
         sock = ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)
@@ -406,7 +409,7 @@ class DectrisServer:
         self.frames, self.n = frames, len(frames)
         self.rate, self.compression, self.repeat = float(rate), compression, int(repeat)
         self.scan_shape = scan_shape
-        self._ctx = zmq.Context.instance()
+        self._ctx: Any = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, int(hwm))
         self._sock.setsockopt(zmq.LINGER, 2000)

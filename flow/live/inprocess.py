@@ -64,7 +64,8 @@ class InProcessStream:
         merged = {"modality": "4dstem", **self.attrs, **(attrs or {})}
         merged["detector"] = {**merged.get("detector", {}), "shape": list(det_shape)}
         merged.setdefault("provenance", {"source_format": "inprocess"})
-        self._queue.put(Acquisition(n_frames=n_frames, det_shape=tuple(det_shape), dtype=np.dtype(dtype),
+        self._queue.put(Acquisition(n_frames=n_frames, det_shape=(int(det_shape[0]), int(det_shape[1])),
+                                    dtype=np.dtype(dtype),
                                     scan_shape=scan_shape, attrs=merged, series=series))
 
     def send(self, index: int, frame: np.ndarray, timeout: float | None = None) -> None:
@@ -76,10 +77,11 @@ class InProcessStream:
         self._queue.put(_END)
 
     # -- client side ---------------------------------------------------------------------------------
-    def resume_acquisition(self, det_shape, dtype, scan_shape, attrs) -> Acquisition:
+    def resume_acquisition(self, det_shape: tuple[int, int], dtype: Any, scan_shape: tuple[int, int],
+                           attrs: dict[str, Any]) -> Acquisition:
         """The acquisition of a cube this stream began (resuming it)."""
-        return Acquisition(n_frames=scan_shape[0] * scan_shape[1], det_shape=tuple(det_shape),
-                           dtype=np.dtype(dtype), scan_shape=tuple(scan_shape), attrs=attrs)
+        return Acquisition(n_frames=scan_shape[0] * scan_shape[1], det_shape=det_shape,
+                           dtype=np.dtype(dtype), scan_shape=scan_shape, attrs=attrs)
 
     def run(self, core: ReceiverCore, stop: threading.Event) -> None:
         """Hand queued messages to ``core`` until the scan is complete or ``stop`` is set."""
@@ -123,7 +125,7 @@ def receive_to_memory(client: Any, *, scan_shape: tuple[int, int] | None = None,
 
     folder = Path(tempfile.mkdtemp(prefix="diffraflow-live-"))
 
-    def open_store(acq: Acquisition, layout: Any):
+    def open_store(acq: Acquisition, layout: Any) -> Any:
         return create_cube(folder / "raw.zarr", scan_shape=acq.scan_shape, det_shape=acq.det_shape,  # type: ignore[arg-type]
                            dtype=acq.dtype, attrs=acq.attrs, layout=layout, in_place=True)
 

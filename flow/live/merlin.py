@@ -216,6 +216,7 @@ class MerlinClient:
         self.attrs = attrs or {}
         self.where = f"tcp://{host}:{port}"
         self.bytes_in = 0
+        self._front = bytearray(0)  # the header part of a scatter read
 
     def resume_acquisition(self, det_shape: tuple[int, int], dtype: np.dtype, scan_shape: tuple[int, int],
                            attrs: dict[str, Any]) -> Acquisition:
@@ -324,7 +325,7 @@ class MerlinClient:
                     _size, fixed_at, fixed, head = fast
                     wire.fill(MPX_PREFIX_SIZE + head.header_size)
                     at = wire.start + MPX_PREFIX_SIZE
-                    if wire.view[at + 10:at + fixed_at] == fixed and wire.view[at:at + 4] == b"MQ1,":
+                    if bytes(wire.view[at + 10:at + fixed_at]) == fixed and bytes(wire.view[at:at + 4]) == b"MQ1,":
                         digits = bytes(wire.view[at + 4:at + 10])
                         if digits.isdigit():
                             wire.skip(MPX_PREFIX_SIZE + head.header_size)
@@ -369,11 +370,11 @@ class MerlinClient:
                     hdr_pending = False
                     if core.finished.is_set() or core.stopping:
                         return
-                acq = core.acquisition
-                assert acq is not None
-                if head.frame_shape != tuple(acq.det_shape) or head.dtype != np.dtype(acq.dtype):
+                current = core.acquisition
+                assert current is not None
+                if head.frame_shape != tuple(current.det_shape) or head.dtype != np.dtype(current.dtype):
                     core.fault("malformed", f"frame {head.sequence} is {head.frame_shape} {head.dtype}, the "
-                               f"acquisition {tuple(acq.det_shape)} {np.dtype(acq.dtype)}; skipped")
+                               f"acquisition {tuple(current.det_shape)} {np.dtype(current.dtype)}; skipped")
                     wire.skip(payload)
                     continue
                 raw_head = wire.peek(head.header_size)
@@ -407,9 +408,9 @@ class MerlinClient:
         if slot is None:
             return 0
         size = MPX_PREFIX_SIZE + head.header_size
-        front = self._front if len(getattr(self, "_front", b"")) == size else bytearray(size)
+        front = self._front if len(self._front) == size else bytearray(size)
         self._front = front
-        parts = [memoryview(front), memoryview(slot)]
+        parts = [memoryview(front), slot.data]
         total, got = size + head.data_nbytes, 0
         while got < total:
             if wire.stop.is_set():
@@ -490,10 +491,10 @@ class MerlinClient:
     def _read_pixels(wire: _Wire, head: FrameHeader, slot: np.ndarray) -> None:
         if head.raw:
             data = np.empty(head.data_nbytes, np.uint8)
-            wire.read_into(memoryview(data))
+            wire.read_into(data.data)
             decode_frame(data, head, out=slot.view(head.dtype).reshape(head.frame_shape))
             return
-        wire.read_into(memoryview(slot))  # big-endian pixels are converted by the persister
+        wire.read_into(slot.data)  # big-endian pixels are converted by the persister
 
     @staticmethod
     def _resync(wire: _Wire, core: ReceiverCore) -> None:
@@ -689,7 +690,7 @@ class MerlinServer:
         return clock
 
 
-def _mib_messages(path: Path):
+def _mib_messages(path: Path) -> tuple[Any, bytes, int]:
     """Frames of a ``.mib`` file as ``MPX`` messages, byte for byte, and its ``.hdr``."""
     from diffraflow.flow.readers.rawio import read_head
 

@@ -40,16 +40,17 @@ class CubeFrames:
     >>> # CubeFrames("scan.zarr")[0].shape  -> (det_y, det_x)
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         from diffraflow.flow.store import open_cube_group
 
         group, scan = open_cube_group(path)
-        self.array = group["patterns"]
-        self.scan_shape = tuple(int(v) for v in self.array.shape[:2])
-        self.det_shape = tuple(int(v) for v in self.array.shape[2:])
-        self.dtype = np.dtype(str(self.array.dtype))
+        array: Any = group["patterns"]
+        self.array = array
+        self.scan_shape = tuple(int(v) for v in array.shape[:2])
+        self.det_shape = tuple(int(v) for v in array.shape[2:])
+        self.dtype = np.dtype(str(array.dtype))
         self.attrs = scan.model_dump(mode="json")
-        self.chunks = tuple(int(v) for v in self.array.chunks[:2])
+        self.chunks = tuple(int(v) for v in array.chunks[:2])
         self._cache: tuple[int, int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -71,10 +72,11 @@ class CubeFrames:
             flat = block.reshape(-1, *self.det_shape)
             self._cache = (start, start + len(flat), flat)
         start, _stop, flat = self._cache
-        return flat[int(i) - start]
+        frame: np.ndarray = flat[int(i) - start]
+        return frame
 
 
-def make_server(source: str | os.PathLike, protocol: str, *, host: str = "127.0.0.1", port: int | None = None,
+def make_server(source: str | os.PathLike[str], protocol: str, *, host: str = "127.0.0.1", port: int | None = None,
                 rate: float = 0.0, compression: str = "bslz4", repeat: int = 1, junk: int = 0,
                 on_reconnect: str = "continue") -> Any:
     """The protocol's simulated detector serving ``source`` (a cube, or a ``.mib`` for Merlin).
@@ -122,7 +124,7 @@ def make_server(source: str | os.PathLike, protocol: str, *, host: str = "127.0.
     raise InputFileError("--protocol", f"unknown protocol {protocol!r}", "use merlin, dectris or zmq")
 
 
-def replay(source: str | os.PathLike, *, protocol: str, host: str = "127.0.0.1", port: int | None = None,
+def replay(source: str | os.PathLike[str], *, protocol: str, host: str = "127.0.0.1", port: int | None = None,
            rate: float = 0.0, compression: str = "bslz4", repeat: int = 1, junk: int = 0,
            on_reconnect: str = "continue", on_listen: Any = None) -> dict[str, float]:
     """Serve ``source`` until every frame was sent; returns frames sent, seconds, rate and time held back.

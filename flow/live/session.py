@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from diffraflow.flow.live.core import Acquisition, LiveStopped, ReceiverCore
 from diffraflow.flow.results import ZarrResultStore
-from diffraflow.flow.sources import ZarrCubeSource
+from diffraflow.flow.sources import Region, ZarrCubeSource
 from diffraflow.schemas.errors import DiffraflowError
 
 __all__ = ["LiveSession", "LiveReport", "LiveCubeSource", "LiveResultStore", "summary_path"]
@@ -52,7 +52,7 @@ __all__ = ["LiveSession", "LiveReport", "LiveCubeSource", "LiveResultStore", "su
 EXIT_COMPLETE, EXIT_MISSING, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 130
 
 
-def summary_path(results: str | os.PathLike | None, raw: str | os.PathLike) -> Path:
+def summary_path(results: str | os.PathLike[str] | None, raw: str | os.PathLike[str]) -> Path:
     """Where the JSON summary goes: beside the results store, else beside the raw cube.
 
     Examples
@@ -72,7 +72,7 @@ class LiveCubeSource(ZarrCubeSource):
     Workers get a plain source (the session stays in the driver).
     """
 
-    def __init__(self, path: str | os.PathLike, session: LiveSession, chunk_frames: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], session: LiveSession, chunk_frames: int | None = None) -> None:
         super().__init__(path, chunk_frames=chunk_frames)
         self._session: LiveSession | None = session
 
@@ -81,21 +81,22 @@ class LiveCubeSource(ZarrCubeSource):
         state["_session"] = None
         return state
 
-    def poll(self, timeout: float) -> tuple[list, bool]:
+    def poll(self, timeout: float) -> tuple[list[Region], bool]:
         if self._session is not None:
             self._session.check()
-        return super().poll(min(timeout, 0.2))
+        fresh: tuple[list[Region], bool] = super().poll(min(timeout, 0.2))
+        return fresh
 
 
 class LiveResultStore(ZarrResultStore):
     """A result store that also notes when each chunk's results were written (processed frames, latency)."""
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
         super().__init__(path, overwrite=overwrite)
         self.done_frames: dict[int, int] = {}
         self.done_at: dict[int, tuple[Any, float]] = {}
 
-    def open(self, plan, source) -> None:
+    def open(self, plan: Any, source: Any) -> None:
         """Open (or resume) the store; one left half-made by a process killed while creating it is made anew.
 
         A store whose declared result arrays are not all there was cut short
@@ -116,7 +117,7 @@ class LiveResultStore(ZarrResultStore):
                            "starting it anew")
         super().open(plan, source)
 
-    def mark_done(self, round_: int, region) -> None:
+    def mark_done(self, round_: int, region: Any) -> None:
         super().mark_done(round_, region)
         self.done_frames[round_] = self.done_frames.get(round_, 0) + region.n
         if round_ == 0:
@@ -164,7 +165,7 @@ class LiveSession:
         Called with the session once the raw cube exists (the live view starts there).
     """
 
-    def __init__(self, client: Any, raw: str | os.PathLike, *, results: str | os.PathLike | None = None,
+    def __init__(self, client: Any, raw: str | os.PathLike[str], *, results: str | os.PathLike[str] | None = None,
                  pipeline: Any = None, scan_shape: tuple[int, int] | None = None, slots: int | None = None,
                  gap_timeout: float = 10.0, timeout: float | None = None, overwrite: bool = False,
                  attrs: dict[str, Any] | None = None, executor: Any = "threads", workers: int | None = None,
@@ -200,7 +201,7 @@ class LiveSession:
         if self.progress:
             print(f"\rdiffraflow live: {message}", file=sys.stderr, flush=True)
 
-    def _open_store(self, acq: Acquisition, layout: Any):
+    def _open_store(self, acq: Acquisition, layout: Any) -> Any:
         from diffraflow.flow.store import CubeWriter, create_cube
 
         if self._resuming:
@@ -211,7 +212,8 @@ class LiveSession:
             prov["command"] = self.command
         for note in acq.notes:
             self._event(f"note: {note}")
-        return create_cube(self.raw, scan_shape=acq.scan_shape, det_shape=acq.det_shape,  # type: ignore[arg-type]
+        assert acq.scan_shape is not None  # settled by the core
+        return create_cube(self.raw, scan_shape=acq.scan_shape, det_shape=acq.det_shape,
                            dtype=acq.dtype, attrs=attrs, layout=layout, in_place=True, overwrite=self.overwrite)
 
     def _raw_state(self) -> str | None:
@@ -232,9 +234,10 @@ class LiveSession:
         from diffraflow.schemas.cube import validate_scan_attrs
 
         group = zarr.open_group(str(self.raw), mode="r", zarr_format=3)
-        arr = group["patterns"]
+        arr: Any = group["patterns"]
+        scan_record: Any = group.attrs.get("scan", {})
         shape = tuple(int(v) for v in arr.shape)
-        attrs = validate_scan_attrs(dict(group.attrs.get("scan", {})), where=str(self.raw)).model_dump(mode="json")
+        attrs = validate_scan_attrs(dict(scan_record), where=str(self.raw)).model_dump(mode="json")
         acq = self.client.resume_acquisition(shape[2:], np.dtype(str(arr.dtype)), shape[:2], attrs)
         self._resuming = True
         self._event(f"resuming the acquisition in {self.raw}")
@@ -247,7 +250,7 @@ class LiveSession:
             self.stop("timeout")
         if self.core.error is not None:
             raise self.core.error
-        if self.client_error is not None and not self.core.finished.is_set():
+        if self.client_error is not None and not (self.core.finished.is_set() and not self.core.stopping):
             raise self.client_error
         if self.stop_event.is_set() and not self.core.finished.is_set():
             raise LiveStopped("live", f"stopped ({self.stop_reason})",
@@ -308,8 +311,9 @@ class LiveSession:
         finally:
             self._monitor_stop = True
         self._join(receiver)
-        if self.client_error is not None and not self.core.finished.is_set() and not interrupted:
-            raise self.client_error
+        completed = self.core.finished.is_set() and not self.core.stopping
+        if self.client_error is not None and not completed and not interrupted:
+            raise self.client_error  # a receiver failure is an error, never a quiet early stop
         if self.core.error is not None:
             raise self.core.error
         return self._report(state, interrupted)
@@ -336,9 +340,10 @@ class LiveSession:
 
         source: Any = LiveCubeSource(self.raw, self, chunk_frames=self.chunk_frames) if state != "complete" \
             else ZarrCubeSource(self.raw, chunk_frames=self.chunk_frames)
-        self.sink = LiveResultStore(self.results, overwrite=self.overwrite)  # type: ignore[arg-type]
+        assert self.results is not None
+        self.sink = LiveResultStore(self.results, overwrite=self.overwrite)
 
-        def on_start(executor, plan, sink) -> None:
+        def on_start(executor: Any, plan: Any, sink: Any) -> None:
             if getattr(sink, "resumed", False):
                 self._event(f"resuming {sink.path}")
             if executor.dashboard_link:
@@ -469,7 +474,7 @@ class LiveSession:
                 "max": round(float(arr.max()), 4), "frames": int(arr.size)}
 
 
-def _half_made(path: Path, plan) -> bool:
+def _half_made(path: Path, plan: Any) -> bool:
     """True for a result store of ours, not complete, without results and missing a declared array."""
     try:
         attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})

@@ -198,7 +198,7 @@ class LiveView:
         acq, latest = core.acquisition, core.latest
         if acq is None or latest is None:
             return np.zeros((8, 8))
-        frame = latest[1].view(acq.wire_dtype or acq.dtype).reshape(acq.det_shape)
+        frame: np.ndarray = latest[1].view(acq.wire_dtype or acq.dtype).reshape(acq.det_shape)
         return frame[::-1] if acq.flip_rows else frame
 
     def _map_sources(self) -> dict[str, tuple[str, int | None]]:

@@ -106,11 +106,12 @@ class ZmqFrameClient:
         self.hwm = int(hwm)
         self.where = f"tcp://{host}:{port}"
 
-    def resume_acquisition(self, det_shape, dtype, scan_shape, attrs) -> Acquisition:
+    def resume_acquisition(self, det_shape: tuple[int, int], dtype: Any, scan_shape: tuple[int, int],
+                           attrs: dict[str, Any]) -> Acquisition:
         """The acquisition of a cube this protocol began (resuming needs no new ``start``)."""
         series = (attrs.get("original_metadata") or {}).get("series")
-        return Acquisition(n_frames=scan_shape[0] * scan_shape[1], det_shape=tuple(det_shape),
-                           dtype=np.dtype(dtype), scan_shape=tuple(scan_shape), attrs=attrs, series=series)
+        return Acquisition(n_frames=scan_shape[0] * scan_shape[1], det_shape=det_shape,
+                           dtype=np.dtype(dtype), scan_shape=scan_shape, attrs=attrs, series=series)
 
     def _acquisition(self, header: dict[str, Any]) -> Acquisition:
         try:
@@ -122,12 +123,12 @@ class ZmqFrameClient:
             raise MalformedMessage(f"frame shape {list(shape)} is not two positive numbers")
         scan = header.get("scan_shape")
         scan_shape = (int(scan[0]), int(scan[1])) if isinstance(scan, list) and len(scan) == 2 else None
-        extra = header.get("attrs") if isinstance(header.get("attrs"), dict) else {}
+        extra: dict[str, Any] = header["attrs"] if isinstance(header.get("attrs"), dict) else {}
         attrs = {"modality": "4dstem", **extra, "detector": {**extra.get("detector", {}), "shape": list(shape)},
                  "provenance": {"source_file": self.where, "source_format": "zmq"},
                  "original_metadata": {"series": header.get("series"), "dtype": dtype.str}}
         n = header.get("n_frames")
-        return Acquisition(n_frames=int(n) if isinstance(n, int) and n > 0 else None, det_shape=shape,  # type: ignore[arg-type]
+        return Acquisition(n_frames=int(n) if isinstance(n, int) and n > 0 else None, det_shape=(shape[0], shape[1]),
                            dtype=dtype.newbyteorder("="), scan_shape=scan_shape, attrs=attrs,
                            series=header.get("series"))
 
@@ -142,7 +143,7 @@ class ZmqFrameClient:
         import zmq
         from zmq.utils.monitor import recv_monitor_message
 
-        ctx = zmq.Context.instance()
+        ctx: Any = zmq.Context.instance()
         sock = ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)
@@ -245,7 +246,7 @@ class ZmqFrameServer:
 
         self.frames, self.n = frames, len(frames)
         self.rate, self.scan_shape, self.attrs, self.repeat = float(rate), scan_shape, attrs or {}, int(repeat)
-        self._sock = zmq.Context.instance().socket(zmq.PUSH)
+        self._sock: Any = zmq.Context.instance().socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, int(hwm))
         self._sock.setsockopt(zmq.LINGER, 2000)
         if port:

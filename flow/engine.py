@@ -83,6 +83,8 @@ _NOT_RETRIED = (DataCorruptionError, InputFileError)
 SMALL_PARTIALS_BYTES = 16 * 2**20
 #: Otherwise at most this often (seconds).
 CHECKPOINT_SECONDS = 10.0
+#: Default frames per chunk task when a step runs on a GPU (and no chunk size was asked for).
+GPU_CHUNK_FRAMES = 32768
 #: While a source grows, how long to wait for a task before asking the source again (seconds).
 POLL_SECONDS = 0.2
 
@@ -249,6 +251,12 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike[str] | dict[str, Any], d
     source = make_source(data, chunk_frames or pipeline.chunk_frames)
     bound = bind_pipeline(pipeline, source)
     plan = bound.resolve(source.spec)
+    if plan.gpu and not (chunk_frames or pipeline.chunk_frames) and isinstance(source, ZarrCubeSource):
+        # A GPU step wants tens of thousands of frames per task to keep the device busy; the store's own
+        # chunks (a few thousand frames) would leave it idle between tasks.
+        source = make_source(data, max(GPU_CHUNK_FRAMES, source.grid[0] * source.grid[1]))
+        bound = bind_pipeline(pipeline, source)
+        plan = bound.resolve(source.spec)
     plan.pipeline = getattr(bound, "_identity", bound)
     ex = get_executor(executor, workers, connect_timeout)
     own_executor = not isinstance(executor, Executor)

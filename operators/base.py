@@ -325,6 +325,12 @@ class Operator:
         Keep partials and state on the backend's device and run
         :meth:`finalize` on a worker with that backend, instead of moving
         everything to host memory in the driver after each chunk.
+    host_frames
+        Receive frames read from the source as NumPy arrays whatever the
+        backend, instead of having the engine convert or copy them first:
+        for kernels that move data themselves, overlapping their copies with
+        compute (pinned buffers, streams). Frames made by an earlier GPU step
+        still arrive on the device.
     """
 
     name: ClassVar[str] = ""
@@ -333,6 +339,7 @@ class Operator:
     max_concurrency: ClassVar[int | None] = None
     expensive: ClassVar[bool] = False
     device_state: ClassVar[bool] = False
+    host_frames: ClassVar[bool] = False
 
     def max_passes(self) -> int:
         """Most passes this operator may take (default :attr:`passes`; iterative operators: their ``max_iter``).

@@ -256,7 +256,8 @@ def run_chunk(shared: RunShared, region: Region, round_: int) -> ChunkResult:
                            state=shared.states.get(step.name), flat_start=region.flat_start,
                            scan_index=scan_index, backend=step.step.backend, final_pass=link.final)
         with _slot(step):
-            out = step.op.process(_to_backend(frames, step.step.backend), ctx)
+            keep_host = step.op.host_frames and isinstance(frames, np.ndarray)
+            out = step.op.process(frames if keep_host else _to_backend(frames, step.step.backend), ctx)
         if not isinstance(out, dict):
             raise PipelineError(f"step {step.name!r}", f"process() returned {type(out).__name__}, not a dict",
                                 "return {output_name: array}")

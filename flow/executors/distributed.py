@@ -106,6 +106,12 @@ class DistributedExecutor(Executor):
         if self.address:
             self._client = _connect(self.address, self.connect_timeout)
             self._gpu_resources = gpu and self._has_gpu_resource()
+            if gpu and not self._gpu_resources:
+                # Without the resource a GPU task would land on any worker, GPU or not, silently.
+                raise BackendUnavailableError(f"--scheduler {self.address}", "a step runs on a GPU but no worker "
+                                              "of this scheduler offers a GPU resource",
+                                              f"start GPU workers with 'dask cuda worker {self.address} "
+                                              "--resources GPU=1', or use --scheduler local")
         elif gpu:
             self._cluster = _cuda_cluster(self.n_workers)
             self._client = Client(self._cluster)

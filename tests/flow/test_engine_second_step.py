@@ -434,3 +434,33 @@ class DtypeProbe(Operator):
 
 def test_frames_reach_the_next_step_in_their_declared_dtype(frames):
     run_pipeline(Pipeline([Step(LooseFrames(), save=()), DtypeProbe()]), frames, chunk_frames=5)
+
+
+@dataclass(frozen=True)
+class TorchWithHostFrames(TorchFrameSum):
+    """Asks for host frames on a torch backend (kernels that move data themselves)."""
+
+    name = "torch_host_frames_test"
+    host_frames = True
+
+    def process(self, frames, ctx: ChunkContext):
+        assert isinstance(frames, np.ndarray)
+        return {"total": np.asarray(frames, np.float64).reshape(len(frames), -1).sum(axis=1)}
+
+
+def test_host_frames_are_not_converted_for_operators_that_move_them_themselves(frames):
+    out = run_pipeline(Pipeline([Step(TorchWithHostFrames(), backend="torch-cpu")]), frames)
+    np.testing.assert_array_equal(out.results["torch_host_frames_test/total"], frames.reshape(7, 6, -1).sum(axis=2))
+
+
+def test_gpu_steps_need_a_scheduler_with_gpu_workers():
+    from diffraflow.flow.executors.distributed import DistributedExecutor
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+        executor = DistributedExecutor(address=cluster.scheduler_address)
+        try:
+            with pytest.raises(BackendUnavailableError, match="no worker of this scheduler offers a GPU resource"):
+                executor.start(gpu=True)
+        finally:
+            executor.close()

@@ -130,6 +130,7 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+@pytest.mark.slow
 def test_killed_receiver_resumes_into_the_same_stores_and_reports_the_lost_indices(tmp_path):
     frames = frames12(600, (16, 16), seed=14)
     (tmp_path / "p.json").write_text(json.dumps(PIPELINE))
@@ -166,6 +167,7 @@ def test_killed_receiver_resumes_into_the_same_stores_and_reports_the_lost_indic
     _same_results(tmp_path / "out.zarr", tmp_path / "offline.zarr")
 
 
+@pytest.mark.slow
 def test_timeout_stops_early_and_the_same_command_resumes(tmp_path):
     frames = frames12(160, (8, 8), seed=15)
     (tmp_path / "p.json").write_text(json.dumps(PIPELINE))
@@ -187,6 +189,7 @@ def test_timeout_stops_early_and_the_same_command_resumes(tmp_path):
     assert summary["processed"] == 160
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_terminate_stops_with_the_report_and_a_later_start_resumes(tmp_path, sig):
     frames = frames12(120, (8, 8), seed=16)

@@ -84,6 +84,9 @@ LIVE_SHARD_BYTES = DEFAULT_CHUNK_BYTES
 #: Default pool size in bytes when ``--slots`` is not given.
 DEFAULT_POOL_BYTES = 256 * 2**20
 
+#: Malformed messages in a row, before any frame was accepted, after which a stream is declared undecodable.
+MAX_BAD_BEFORE_START = 16
+
 #: Counted faults, in the order summaries list them.
 FAULTS = ("duplicates", "late", "out_of_order", "out_of_range", "malformed", "truncated", "junk_bytes",
           "disconnects", "reconnects", "new_acquisition_before_end", "repeated_headers", "gap_timeouts",
@@ -306,6 +309,7 @@ class ReceiverCore:
         self._resumed = False
         self._first_after_resume: int | None = None
         self._awaited = 0
+        self._bad_before_start = 0
 
     # -- set-up -------------------------------------------------------------------------------------
     @property
@@ -640,7 +644,21 @@ class ReceiverCore:
                 self.ledger.count("truncated")
 
     def fault(self, kind: str, detail: str | None = None, n: int = 1) -> None:
-        """Count a fault the client saw (``malformed``, ``junk_bytes``, ``disconnects``...)."""
+        """Count a fault the client saw (``malformed``, ``junk_bytes``, ``disconnects``...).
+
+        Raises
+        ------
+        StreamError
+            :data:`MAX_BAD_BEFORE_START` malformed messages came before any
+            acquisition could start: the stream cannot be decoded (an
+            unsupported format), and waiting would never end.
+        """
+        if kind == "malformed" and self.acquisition is None:
+            self._bad_before_start += 1
+            if self._bad_before_start >= MAX_BAD_BEFORE_START:
+                raise StreamError("stream", f"{self._bad_before_start} malformed messages and no acquisition "
+                                  f"started; the last: {detail}", "check that the detector sends this protocol in "
+                                  "a supported format (see the message), or pick the right --protocol")
         with self._lock:
             if self.ledger is not None:
                 self.ledger.count(kind, n)

@@ -217,3 +217,18 @@ def test_detector_gone_before_the_acquisition_started_is_one_line_not_a_hang(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
     assert "the connection dropped before an acquisition started and did not come back within 1 s" in err[0]
+
+
+def test_a_stream_that_cannot_be_decoded_is_one_line_not_a_wait(tmp_path, capsys):
+    """Raw 24-bit read-out (two frames per frame) is not supported: said once, not counted forever."""
+    body = raw_header(1, 24) + bytes(256 * 256 * 3)
+    frame = b"MPX,%010d," % (len(body) + 1) + body
+    sender = ScriptedSender([[hdr(20, 4, depth=24), *([frame] * 20)]])
+    try:
+        status = main(["live", "--protocol", "merlin", "--connect", f"127.0.0.1:{sender.port}", "--output",
+                       str(tmp_path / "raw.zarr"), "--quiet"])
+    finally:
+        sender.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "16 malformed messages and no acquisition started" in err[0]
+    assert "raw (R64) read-out of counter depth 24 is not supported" in err[0]

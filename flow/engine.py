@@ -46,6 +46,7 @@ Examples
 
 from __future__ import annotations
 
+import heapq
 import os
 import sys
 import time
@@ -418,7 +419,9 @@ def _run_round(plan: ResolvedPipeline, source: ChunkSource, feeder: _Feeder, sin
     ops = {s.name: s.op for s in plan.steps}
     gpu = any(plan.step(name).backend.gpu for name in round_plan.active)
 
-    queue: deque[Region] = deque()
+    # A heap by region index: the merge point waits for the smallest index, so that is what the lag check
+    # must see, even when a growing source delivers a region after later ones.
+    queue: list[tuple[int, Region]] = []
     seen: set[int] = set()
 
     def take(regions: list[Region]) -> None:
@@ -430,7 +433,7 @@ def _run_round(plan: ResolvedPipeline, source: ChunkSource, feeder: _Feeder, sin
                 report.skipped += 1
                 bar.update(region.n)
             else:
-                queue.append(region)
+                heapq.heappush(queue, (region.index, region))
 
     take(list(feeder.ready.values()))
     retry: deque[Region] = deque()
@@ -444,8 +447,8 @@ def _run_round(plan: ResolvedPipeline, source: ChunkSource, feeder: _Feeder, sin
     last_checkpoint = time.monotonic()
 
     while queue or retry or in_flight or not feeder.ended:
-        while in_flight < window and (retry or (queue and (not merging or queue[0].index < next_merge + lag))):
-            region = retry.popleft() if retry else queue.popleft()
+        while in_flight < window and (retry or (queue and (not merging or queue[0][0] < next_merge + lag))):
+            region = retry.popleft() if retry else heapq.heappop(queue)[1]
             ex.submit(region.index, run_chunk, shared, region, round_, gpu=gpu)
             in_flight += 1
         if not in_flight:

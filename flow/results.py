@@ -219,6 +219,10 @@ class ZarrResultStore(ResultSink):
             check_replaceable(final, "result")
             shutil.rmtree(final)  # an earlier diffraflow result store, not the input (checked above)
             notify(f"replaced the earlier result store at {final}")
+        if final.exists() and _half_made(final, plan):
+            # Created by a run stopped before its arrays existed: it holds no result, and it is ours.
+            shutil.rmtree(final)
+            notify(f"re-creating {final}: an earlier run stopped while creating it, before any result")
         if final.exists():
             self._check_resumable(final, record)
             self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
@@ -228,9 +232,11 @@ class ZarrResultStore(ResultSink):
         else:
             prepare_output_path(final, overwrite=False)  # parent exists and is writable
             self.group = zarr.open_group(self.path, mode="w", zarr_format=3)
-            self.group.attrs.update({"diffraflow": StoreMarker(kind="result").model_dump(), "run": record,
+            self.group.attrs.update({"diffraflow": StoreMarker(kind="result").model_dump(),
                                      "results": _results_record(plan)})
             self._create_arrays(plan, source)
+            # Written last: a store with a run record has every array, so only such a store is resumed.
+            self.group.attrs.update({"run": record})
         for key in plan.result_outputs():
             self._arrays[key] = stored_array(self.group, key).with_config(ARRAY_CONFIG)  # config is not stored on disk
         frame_keys = {k for k, (_s, _n, out) in plan.result_outputs().items() if out.kind == "frames"}
@@ -456,6 +462,26 @@ def read_result_region(store: str | None, key: str, region: Region) -> np.ndarra
     check_region_present(Path(store) / key, arr.metadata.to_dict(), region.y, region.x)
     block = np.asarray(arr[region.y[0]:region.y[1], region.x[0]:region.x[1]])
     return block.reshape(region.n, *arr.shape[2:])
+
+
+def _half_made(path: Path, plan: ResolvedPipeline) -> bool:
+    """True for a result store whose creation was interrupted: no run record, or declared arrays missing,
+    and no chunk done (so nothing in it is a result anyone could lose)."""
+    import json
+
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    marker = attrs.get("diffraflow")
+    if not isinstance(marker, dict) or marker.get("kind") != "result" or marker.get("complete"):
+        return False
+    progress = path / "_progress"
+    if progress.exists() and (any(progress.rglob("*.done")) or any(progress.rglob("*.npz"))):
+        return False
+    if "run" not in attrs:
+        return True
+    return any(not (path / key / "zarr.json").is_file() for key in plan.result_outputs())
 
 
 def _compressors() -> list[Any]:

@@ -464,3 +464,29 @@ def test_gpu_steps_need_a_scheduler_with_gpu_workers():
                 executor.start(gpu=True)
         finally:
             executor.close()
+
+
+class LateFirstRegion(GrowingArraySource):
+    """Delivers every region but the first, then the first: a shard persisted late."""
+
+    def poll(self, timeout):
+        regions, ended = super().poll(timeout)
+        if not hasattr(self, "_held"):
+            self._held = []
+        for region in list(regions):
+            if region.index == 0:
+                self._held.append(region)
+                regions.remove(region)
+        if ended and self._held:
+            regions, self._held = regions + self._held, []
+        return regions, ended and not self._held
+
+
+@pytest.mark.parametrize("executor", ["inline", "threads"])
+def test_a_region_arriving_after_later_ones_does_not_stall_reductions(frames, executor):
+    pipe = Pipeline([SigSum(), IncrementalPCA(n_components=2)])
+    offline = run_pipeline(pipe, ArraySource(frames, chunk_frames=1)).results
+    late = run_pipeline(pipe, LateFirstRegion(frames, chunk_frames=1, interval=0.0), executor=executor,
+                        window=2).results
+    for key in offline:
+        np.testing.assert_array_equal(late[key], offline[key], err_msg=key)

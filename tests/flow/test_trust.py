@@ -430,3 +430,16 @@ def test_losing_every_worker_is_one_line(cube, tmp_path):
             if proc is not None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_store_interrupted_while_created_is_made_anew(cube, pipeline_file, tmp_path, capsys):
+    """Killed between the group and its arrays: the next run re-creates it (it held no result), in one line."""
+    import zarr
+
+    out = tmp_path / "r.zarr"
+    group = zarr.open_group(str(out), mode="w", zarr_format=3)
+    group.attrs.update({"diffraflow": {"format_version": 1, "kind": "result", "complete": False},
+                        "results": {}})
+    assert main(["run", str(pipeline_file), "-i", str(cube[0]), "-o", str(out), "-q", *PLUGIN]) == 0
+    assert "re-creating" in capsys.readouterr().err
+    assert main(["validate", str(out)]) == 0

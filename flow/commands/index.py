@@ -40,9 +40,7 @@ if TYPE_CHECKING:
 
     import zarr
     from diffraflow.flow.cli import Subparsers
-    from diffraflow.flow.executors import Executor
-    from diffraflow.flow.pipeline import Pipeline, ResolvedPipeline
-    from diffraflow.flow.results import ResultSink
+    from diffraflow.flow.pipeline import Pipeline
     from diffraflow.operators.indexing.hough_index import HoughIndex
 
 #: The step name of the crystal map in stores ``diffraflow index`` writes.
@@ -169,6 +167,7 @@ def _geq() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffraflow.flow.commands.run import say_how_it_starts
     from diffraflow.flow.crystal_map import count_indexed, read_crystal_map, read_crystal_map_record
     from diffraflow.flow.engine import run_pipeline
     from diffraflow.flow.exporters._common import check_output
@@ -184,15 +183,9 @@ def run(args: argparse.Namespace) -> int:
         for path in png_paths(base).values():
             check_output(path, args.overwrite)
 
-    def on_start(executor: Executor, plan: ResolvedPipeline, sink: ResultSink) -> None:
-        if getattr(sink, "resumed", False):
-            print(f"resuming {sink.path}", file=sys.stderr)
-        if executor.dashboard_link:
-            print(f"dask dashboard: {executor.dashboard_link}", file=sys.stderr)
-
     report = run_pipeline(pipeline, args.input, args.output, executor=args.scheduler, workers=args.workers,
                           chunk_frames=args.chunk_frames, overwrite=args.overwrite, progress=not args.quiet,
-                          collect=False, on_start=on_start, connect_timeout=args.connect_timeout)
+                          collect=False, on_start=say_how_it_starts, connect_timeout=args.connect_timeout)
     if report.warmup_seconds >= 1:
         print(f"compiled the kernels in {report.warmup_seconds:.0f} s; later runs load them from numba's cache",
               file=sys.stderr)

@@ -78,6 +78,23 @@ def import_plugins(modules: list[str]) -> None:
                                 "check the module name and that its directory is on PYTHONPATH") from None
 
 
+def say_how_it_starts(executor: Executor, plan: ResolvedPipeline, sink: ResultSink) -> None:
+    """Tell the user, once the executor is up, that a run resumes and where the dask dashboard is.
+
+    Every command that runs a pipeline passes this as ``on_start``.
+
+    Examples
+    --------
+    >>> from diffraflow.flow.executors import InlineExecutor
+    >>> from diffraflow.flow.results import MemorySink
+    >>> say_how_it_starts(InlineExecutor(), None, MemorySink())  # says nothing: new run, no dashboard
+    """
+    if getattr(sink, "resumed", False):
+        print(f"resuming {sink.path}", file=sys.stderr)
+    if executor.dashboard_link:
+        print(f"dask dashboard: {executor.dashboard_link}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from diffraflow.flow.engine import run_pipeline
     from diffraflow.flow.pipeline import Pipeline
@@ -85,15 +102,9 @@ def run(args: argparse.Namespace) -> int:
     import_plugins(args.plugin)
     pipeline = Pipeline.from_file(args.pipeline)  # fails here, before any data, on a bad file
 
-    def on_start(executor: Executor, plan: ResolvedPipeline, sink: ResultSink) -> None:
-        if getattr(sink, "resumed", False):
-            print(f"resuming {sink.path}", file=sys.stderr)
-        if executor.dashboard_link:
-            print(f"dask dashboard: {executor.dashboard_link}", file=sys.stderr)
-
     report = run_pipeline(pipeline, args.input, args.output, executor=args.scheduler, workers=args.workers,
                           chunk_frames=args.chunk_frames, overwrite=args.overwrite, progress=not args.quiet,
-                          retries=args.retries, window=args.window, collect=False, on_start=on_start,
+                          retries=args.retries, window=args.window, collect=False, on_start=say_how_it_starts,
                           connect_timeout=args.connect_timeout)
     total = report.n_chunks * report.n_rounds
     if report.already_complete:

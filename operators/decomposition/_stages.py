@@ -111,6 +111,11 @@ class SVDStages(Operator):
 
     backends = ("numpy", "cupy")
 
+    @property  # type: ignore[override]
+    def passes(self) -> int:
+        """The most passes with these parameters (what ``diffraflow operators`` shows); see :meth:`max_passes`."""
+        return int(self.max_passes())
+
     # -- configuration --------------------------------------------------------------------
     def svd_rank(self) -> int:
         """Number of SVD components the method needs."""

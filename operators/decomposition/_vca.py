@@ -21,9 +21,11 @@ Examples
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-__all__ = ["vca_indices"]
+__all__ = ["vca_indices", "pick_frames"]
 
 
 def vca_indices(scores: np.ndarray, k: int, *, seed: int = 0, projective: bool = True) -> np.ndarray:
@@ -69,3 +71,24 @@ def vca_indices(scores: np.ndarray, k: int, *, seed: int = 0, projective: bool =
         found.append(index)
         basis = np.c_[basis, y[index]]
     return np.asarray(found, dtype=np.int64)
+
+
+def pick_frames(x: Any, flat: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (host copies) whose flat scan index is in ``wanted``, in ``wanted``'s order; zeros elsewhere.
+
+    Summed over chunks (each frame lies in exactly one), this collects the
+    wanted frames of a whole scan in one pass.
+
+    Examples
+    --------
+    >>> pick_frames(np.arange(6.0).reshape(3, 2), np.array([4, 5, 6]), np.array([6, 9])).tolist()
+    [[4.0, 5.0], [0.0, 0.0]]
+    """
+    from diffraflow.operators.decomposition._linalg import host
+
+    picked = np.zeros((len(wanted), x.shape[1]))
+    for slot, frame in enumerate(np.asarray(wanted)):
+        hit = np.nonzero(np.asarray(flat) == frame)[0]
+        if hit.size:
+            picked[slot] = host(x[int(hit[0])])
+    return picked

@@ -23,6 +23,7 @@ from diffraflow.operators.decomposition._stages import (
     following,
     last,
 )
+from diffraflow.operators.decomposition._vca import pick_frames, vca_indices
 from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["NMF"]
@@ -44,9 +45,14 @@ class NMF(SVDStages):
         KL divergence: the maximum-likelihood fit of Poisson counts).
     init
         ``nndsvd`` (Boutsidis & Gallopoulos, 2008), ``nndsvda`` (its zeros
-        replaced by the mean of the data), or ``auto``: ``nndsvd`` for the
-        Frobenius loss, ``nndsvda`` for KL, whose multiplicative updates
-        never move a zero. With ``sum_to_one`` each start factor is scaled
+        replaced by the mean of the data), ``vca`` (the purest frames, found
+        by vertex component analysis of the SVD loadings: one more pass), or
+        ``auto``: ``nndsvd`` for the Frobenius loss, ``nndsvda`` for KL,
+        whose multiplicative updates never move a zero. When the data admit
+        several exact factorisations (a crystal with no reflection of its
+        own), the iterations stay near their start: ``vca`` starts from
+        measured pure patterns, NNDSVD from the SVD's positive and negative
+        parts, which put shared reflections in one factor. With ``sum_to_one`` each start factor is scaled
         to the mean frame total, the scale of a pure pattern (unscaled, the
         constrained iterations can settle with one factor doing all the work).
     sum_to_one
@@ -124,13 +130,14 @@ class NMF(SVDStages):
     n_components: int = param(3, doc="number of components")
     loss: str = param("frobenius", doc="frobenius (least squares) or kullback-leibler (Poisson counts)",
                       choices=LOSSES)
-    init: str = param("auto", doc="nndsvd, nndsvda (zeros of the start filled with the data mean), or auto: "
-                      "nndsvd for frobenius, nndsvda for kullback-leibler", choices=("auto", "nndsvd", "nndsvda"))
+    init: str = param("auto", doc="nndsvd, nndsvda (zeros filled with the data mean), vca (purest frames), or "
+                      "auto: nndsvd for frobenius, nndsvda for kullback-leibler",
+                      choices=("auto", "nndsvd", "nndsvda", "vca"))
     sum_to_one: bool = param(False, doc="each frame's loadings sum to one (frobenius only)")
     scale_loadings: bool = param(True, doc="scale each component's loadings to peak at 1 (factors inversely)")
     max_iter: int = param(200, doc="most factor updates (one pass over the data each)")
     tol: float = param(1e-4, doc="stop when the loss falls by less than this fraction in one iteration")
-    kl_inner_iter: int = param(30, doc="multiplicative updates of each chunk's loadings per pass (KL loss)")
+    kl_inner_iter: int = param(10, doc="multiplicative updates of each chunk's loadings per pass (KL loss)")
     solver: str = param("auto", doc="SVD for the start: gram, randomized or auto", choices=("auto", "gram", "randomized"))
     power_iter: int = param(4, doc="most subspace-iteration passes of the SVD after its first (randomized)")
     oversample: int = param(10, doc="extra columns of the randomized SVD basis")
@@ -146,14 +153,14 @@ class NMF(SVDStages):
         return bool(self.scale_loadings) and not self.sum_to_one
 
     def max_passes(self) -> int:
-        """SVD, NNDSVD signs, ``max_iter`` updates, the scale pass and the loadings pass.
+        """SVD, the start (NNDSVD signs; VCA: gather and pick), ``max_iter`` updates, scale and loadings passes.
 
         Examples
         --------
         >>> NMF(max_iter=10, solver="gram").max_passes() >= 14
         True
         """
-        return self.svd_passes() + 1 + int(self.max_iter) + 2
+        return self.svd_passes() + 2 + int(self.max_iter) + 2
 
     def resolve(self, spec: InputSpec) -> dict[str, OutputSpec]:
         self.check_svd_params(spec)
@@ -161,14 +168,14 @@ class NMF(SVDStages):
         if self.loss not in LOSSES:
             raise PipelineError(f"{where}.loss", f"{self.loss!r} is not one of {list(LOSSES)}",
                                 "use loss: frobenius or kullback-leibler")
-        if self.init not in ("auto", "nndsvd", "nndsvda"):
-            raise PipelineError(f"{where}.init", f"{self.init!r} is not nndsvd or nndsvda", "use init: nndsvd")
+        if self.init not in ("auto", "nndsvd", "nndsvda", "vca"):
+            raise PipelineError(f"{where}.init", f"{self.init!r} is not nndsvd, nndsvda or vca", "use init: nndsvd")
         if self.sum_to_one and self.loss != "frobenius":
             raise PipelineError(f"{where}.sum_to_one", "the sum-to-one constraint is implemented for the "
                                 "frobenius loss only", "use loss: frobenius with sum_to_one: true")
         check_int(f"{where}.max_iter", self.max_iter, 1, "max_iter: 200")
         check_number(f"{where}.tol", self.tol, 0.0, "tol: 1e-4")
-        check_int(f"{where}.kl_inner_iter", self.kl_inner_iter, 1, "kl_inner_iter: 30")
+        check_int(f"{where}.kl_inner_iter", self.kl_inner_iter, 1, "kl_inner_iter: 10")
         k = int(self.n_components)
         det = tuple(spec.det_shape)
         return {
@@ -196,10 +203,17 @@ class NMF(SVDStages):
 
     # -- stages ------------------------------------------------------------------------------
     def after_svd(self, state: dict[str, Any]) -> Any:
-        return following(state, "nndsvd")
+        return following(state, "gather" if self._init() == "vca" else "nndsvd")
+
+    def after_gather(self, scores: np.ndarray, state: dict[str, Any], ctx: ChunkContext) -> Any:
+        index = vca_indices(scores, int(self.n_components), seed=int(self.seed))
+        return following({**state, "start_index": index}, "pick")
 
     def process_stage(self, stage: str, x: Any, xp: Any, state: dict[str, Any], ctx: ChunkContext) -> dict[str, Any]:
         n = np.int64(x.shape[0])
+        if stage == "pick":
+            return {"picked": pick_frames(x, self.flat_index(ctx, x.shape[0]), np.asarray(state["start_index"])),
+                    "min_x": xp.min(x) if x.size else xp.asarray(np.inf), "total": xp.sum(x), "count": n}
         if stage == "nndsvd":
             z = x @ on_device(xp, state["components"]).T
             return {"pos_sq": xp.sum(xp.maximum(z, 0.0) ** 2, axis=0), "neg_sq": xp.sum(xp.minimum(z, 0.0) ** 2, axis=0),
@@ -229,7 +243,7 @@ class NMF(SVDStages):
         return float(np.sqrt(max(value, 0.0))) if self.loss == "frobenius" else max(value, 0.0)
 
     def finalize_stage(self, stage: str, partials: dict[str, Any], state: dict[str, Any], ctx: ChunkContext) -> Any:
-        if stage == "nndsvd":
+        if stage in ("nndsvd", "pick"):
             low = float(host(partials["min_x"]))
             if low < 0:
                 raise PipelineError(self.name, f"NMF needs non-negative data, the scan has values down to {low:.4g}",
@@ -237,9 +251,14 @@ class NMF(SVDStages):
             count = int(partials["count"])
             pixels = int(np.prod(ctx.spec.det_shape))
             total = float(host(partials["total"]))
-            fill = total / (count * pixels) if self._init() == "nndsvda" else None
-            h = nndsvd_factors(state["components"], state["singular_values"], host(partials["pos_sq"]),
-                               host(partials["neg_sq"]), fill)
+            if stage == "pick":
+                h = np.asarray(partials["picked"], np.float64)
+                if self.loss != "frobenius":  # multiplicative updates never move a zero count
+                    h[h == 0] = total / (count * pixels)
+            else:
+                fill = total / (count * pixels) if self._init() == "nndsvda" else None
+                h = nndsvd_factors(state["components"], state["singular_values"], host(partials["pos_sq"]),
+                                   host(partials["neg_sq"]), fill)
             if self.sum_to_one:
                 sums = h.sum(axis=1)
                 h = h * np.where(sums > 0, (total / count) / np.where(sums > 0, sums, 1.0), 1.0)[:, None]

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 from diffraflow.operators.base import ChunkContext, InputSpec, OutputSpec, param, register_operator
-from diffraflow.operators.decomposition._linalg import host, on_device, solve_nonneg
+from diffraflow.operators.decomposition._linalg import on_device, solve_nonneg
 from diffraflow.operators.decomposition._stages import SVDStages, following, last
-from diffraflow.operators.decomposition._vca import vca_indices
+from diffraflow.operators.decomposition._vca import pick_frames, vca_indices
 from diffraflow.schemas.errors import PipelineError
 
 __all__ = ["VCA"]
@@ -130,13 +130,7 @@ class VCA(SVDStages):
         z, _ = self.scores(x, xp, state)
         ends = on_device(xp, state["endmembers"])
         abundances = solve_nonneg(xp, ends @ ends.T, z @ ends.T, sum_to_one=self.abundance == "fcls")
-        flat = self.flat_index(ctx, x.shape[0])
-        wanted = np.asarray(state["endmember_index"])
-        picked = np.zeros((wanted.size, x.shape[1]))
-        for slot, frame in enumerate(wanted):
-            hit = np.nonzero(flat == frame)[0]
-            if hit.size:
-                picked[slot] = host(x[int(hit[0])])
+        picked = pick_frames(x, self.flat_index(ctx, x.shape[0]), np.asarray(state["endmember_index"]))
         return {"loadings": abundances.astype(xp.float32), "svd_loadings": z.astype(xp.float32),
                 "picked": picked, "count": np.int64(x.shape[0])}
 

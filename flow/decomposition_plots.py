@@ -262,7 +262,9 @@ def plot_loading_scatter(svd_loadings: Any, path: str | os.PathLike[str], *, mem
         limits = (float(z[:, a].min() - pad_x), float(z[:, a].max() + pad_x), float(z[:, b].min() - pad_y),
                   float(z[:, b].max() + pad_y))
         gx, gy, u = membership_grid(centres, norms, (a, b), limits, m=m, contrast=contrast, through=z.mean(axis=0))
-        for j in range(int(np.shape(u)[-1])):
+        n_clusters = int(np.shape(u)[-1])
+        # two clusters' memberships are complementary: one set of contours says it all
+        for j in range(1 if n_clusters == 2 else n_clusters):
             contour = ax.contour(gx, gy, u[..., j], levels=[0.1, 0.5, 0.9], colors=f"C{j % 10}", linewidths=0.8)
             ax.clabel(contour, fontsize=6)
         cen = np.asarray(centres)

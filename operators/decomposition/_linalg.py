@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["on_device", "host", "solve_nonneg", "orthonormal", "ritz", "ENUMERATE_MAX", "flip_rows"]
+__all__ = ["on_device", "host", "solve_nonneg", "orthonormal", "ritz", "range_svd", "ENUMERATE_MAX", "flip_rows"]
 
 #: Up to this many components the non-negative problems are solved by
 #: enumerating active sets (exact; 2**k small solves); above it by
@@ -129,6 +129,47 @@ def ritz(gram_small: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     values, vectors = np.linalg.eigh(sym)
     order = np.argsort(values)[::-1][:k]
     return np.clip(values[order], 0.0, None), vectors[:, order]
+
+
+def range_svd(m: np.ndarray, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""Top ``k`` squared singular values and right singular vectors (rows) of ``X``, from one pass with a basis ``Q``.
+
+    With :math:`Y = XQ` summed over chunks as :math:`M = Y^T Y` and
+    :math:`Z = X^T Y`, the orthonormal basis of the range of ``Y`` is
+    :math:`U = Y W \Sigma^{-1}` (:math:`M = W \Sigma^2 W^T`), and
+    :math:`U^T X = (Z W \Sigma^{-1})^T`; the SVD of that small matrix is
+    the randomised SVD of Halko, Martinsson & Tropp (2011) whose range
+    basis is ``Y``. Starting from a random ``Q`` it is their basic
+    algorithm; from :math:`Q = \mathrm{orth}((X^T X)^q \Omega)` it has
+    ``q`` power iterations. Directions that ``Y`` does not span (eigenvalues
+    of ``M`` below :math:`10^{-14}` of the largest) are dropped, and
+    missing components padded with zero singular values.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(30, 3)) @ rng.normal(size=(3, 12))
+    >>> y = x @ rng.normal(size=(12, 5))
+    >>> values, vectors = range_svd(y.T @ y, x.T @ y, 2)
+    >>> bool(np.allclose(values, np.linalg.svd(x, compute_uv=False)[:2] ** 2))
+    True
+    """
+    sigma2, w = np.linalg.eigh(0.5 * (np.asarray(m, np.float64) + np.asarray(m, np.float64).T))
+    order = np.argsort(sigma2)[::-1]
+    sigma2, w = sigma2[order], w[:, order]
+    keep = sigma2 > max(float(sigma2[0]), 0.0) * 1e-14 if sigma2.size else np.zeros(0, bool)
+    w, sigma = w[:, keep], np.sqrt(sigma2[keep])
+    pixels = np.asarray(z).shape[0]
+    if sigma.size == 0:
+        return np.zeros(k), np.eye(pixels)[:k]
+    b_t = np.asarray(z, np.float64) @ (w / sigma[None, :])
+    v, s, _ = np.linalg.svd(b_t, full_matrices=False)
+    values, vectors = s[:k] ** 2, v[:, :k].T
+    if vectors.shape[0] < k:  # the data have fewer directions than components: complete orthonormally
+        q, _ = np.linalg.qr(np.concatenate([vectors.T, np.eye(pixels)[:, :k]], axis=1))
+        vectors = q[:, :k].T
+        values = np.concatenate([values, np.zeros(k - values.size)])
+    return values, vectors
 
 
 def _subsets(k: int, sum_to_one: bool) -> list[tuple[int, ...]]:

@@ -13,11 +13,13 @@ iterations, each pass deciding the next:
     memory), then its top eigenvectors.
 ``power``
     One step of randomised subspace iteration per pass:
-    :math:`Z = \\tilde X^T(\\tilde X Q)` and the Rayleigh quotient
-    :math:`M = (\\tilde X Q)^T(\\tilde X Q)` summed over chunks; the Ritz
-    pairs of :math:`M` give the components, :math:`Q \\leftarrow \\mathrm{orth}(Z)`
-    the next basis. Stops when the top Ritz values change by less than
-    ``svd_tol`` (relative) or after ``1 + power_iter`` passes.
+    :math:`Z = \\tilde X^T(\\tilde X Q)` and :math:`M = (\\tilde X Q)^T(\\tilde X Q)`
+    summed over chunks give the randomised SVD whose range basis is
+    :math:`\\tilde X Q` (:func:`~diffraflow.operators.decomposition._linalg.range_svd`),
+    and :math:`Q \\leftarrow \\mathrm{orth}(Z)` the next basis: pass ``q``
+    (from 0) is Halko et al.'s algorithm with ``q`` power iterations. Stops
+    when the top singular values change by less than ``svd_tol`` (relative,
+    on their squares) or after ``1 + power_iter`` passes.
 ``gather``
     The SVD scores :math:`\\tilde X V^T` of every frame, concatenated in the
     driver (``N x k`` float64: small next to the scan) for methods that work
@@ -50,7 +52,13 @@ from typing import Any
 
 import numpy as np
 from diffraflow.operators.base import ChunkContext, InputSpec, LastPass, NextPass, Operator
-from diffraflow.operators.decomposition._linalg import flip_rows, host, on_device, orthonormal, ritz
+from diffraflow.operators.decomposition._linalg import (
+    flip_rows,
+    host,
+    on_device,
+    orthonormal,
+    range_svd,
+)
 from diffraflow.operators.decomposition._pca import components_from_gram
 from diffraflow.schemas.errors import PipelineError
 
@@ -58,6 +66,12 @@ __all__ = ["SVDStages", "GRAM_MAX_PIXELS", "check_int", "check_number"]
 
 #: ``solver: auto`` uses the Gram matrix up to this many pixels per frame.
 GRAM_MAX_PIXELS = 4096
+
+
+def _sumsq(xp: Any, x: Any) -> Any:
+    # a dot product of the flat array: no frame-sized temporary as x * x would make
+    flat = xp.ascontiguousarray(x).reshape(-1)
+    return xp.dot(flat, flat)
 
 
 def check_int(where: str, value: Any, low: int, example: str, high: int | None = None) -> None:
@@ -251,12 +265,12 @@ class SVDStages(Operator):
             return out
         if stage == "gram":
             xt, _ = self.transformed(x, xp, state)
-            return {"gram": xt.T @ xt, "sumsq": xp.sum(xt * xt), "count": np.int64(x.shape[0])}
+            return {"gram": xt.T @ xt, "sumsq": _sumsq(xp, xt), "count": np.int64(x.shape[0])}
         if stage == "power":
             xt, _ = self.transformed(x, xp, state)
             basis = on_device(xp, state["basis"]) if "basis" in state else ctx.constants["device_start"]
             y = xt @ basis
-            return {"z": xt.T @ y, "m": y.T @ y, "sumsq": xp.sum(xt * xt), "count": np.int64(x.shape[0])}
+            return {"z": xt.T @ y, "m": y.T @ y, "sumsq": _sumsq(xp, xt), "count": np.int64(x.shape[0])}
         if stage == "gather":
             z, _ = self.scores(x, xp, state)
             return {"cat_scores": host(z), "cat_index": self.flat_index(ctx, x.shape[0])}
@@ -288,11 +302,8 @@ class SVDStages(Operator):
             components, values = components_from_gram(host(partials["gram"]), k)
             return self._svd_done(state, components, values, partials)
         if stage == "power":
-            values, vectors = ritz(host(partials["m"]), k)
-            basis = state["basis"] if "basis" in state else ctx.constants["start"] if ctx.constants else None
-            if basis is None:  # finalize runs in the driver without constants: rebuild the start
-                basis = self.setup(ctx.spec)["start"]
-            components = (np.asarray(basis) @ vectors).T
+            z = np.asarray(host(partials["z"]), np.float64)
+            values, components = range_svd(host(partials["m"]), z, k)
             components = components * flip_rows(components)[:, None]
             done = int(state.get("power_done", 0)) + 1
             previous = state.get("ritz")
@@ -302,8 +313,7 @@ class SVDStages(Operator):
                 state.pop("basis", None)
                 state["power_passes"] = done
                 return self._svd_done(state, components, values, partials)
-            state.update(stage="power", power_done=done, ritz=values,
-                         basis=host(orthonormal(np, np.asarray(host(partials["z"]), np.float64))))
+            state.update(stage="power", power_done=done, ritz=values, basis=host(orthonormal(np, z)))
             return NextPass(state)
         if stage == "gather":
             index = np.asarray(partials["cat_index"])

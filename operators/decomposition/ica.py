@@ -79,9 +79,9 @@ class ICA(SVDStages):
     centre: bool = param(False, doc="centre the data before the SVD")
     poisson: bool = param(False, doc="Poisson-weight the data before the SVD")
     solver: str = param("auto", doc="SVD solver: gram, randomized or auto", choices=("auto", "gram", "randomized"))
-    power_iter: int = param(6, doc="most subspace-iteration passes after the first (randomized SVD)")
+    power_iter: int = param(2, doc="most subspace-iteration passes after the first (randomized SVD)")
     oversample: int = param(10, doc="extra columns of the randomized SVD basis")
-    svd_tol: float = param(1e-10, doc="SVD stops when its top Ritz values change by less than this")
+    svd_tol: float = param(1e-8, doc="SVD stops when its top singular values change by less than this")
     seed: int = param(0, doc="seed of the SVD start and of FastICA")
 
     def max_passes(self) -> int:

@@ -139,9 +139,9 @@ class NMF(SVDStages):
     tol: float = param(1e-4, doc="stop when the loss falls by less than this fraction in one iteration")
     kl_inner_iter: int = param(10, doc="multiplicative updates of each chunk's loadings per pass (KL loss)")
     solver: str = param("auto", doc="SVD for the start: gram, randomized or auto", choices=("auto", "gram", "randomized"))
-    power_iter: int = param(4, doc="most subspace-iteration passes of the SVD after its first (randomized)")
+    power_iter: int = param(2, doc="most subspace-iteration passes of the SVD after its first (randomized)")
     oversample: int = param(10, doc="extra columns of the randomized SVD basis")
-    svd_tol: float = param(1e-8, doc="SVD stops when its top Ritz values change by less than this")
+    svd_tol: float = param(1e-8, doc="SVD stops when its top singular values change by less than this")
     seed: int = param(0, doc="seed of the randomized SVD start")
 
     def _init(self) -> str:

@@ -37,11 +37,13 @@ class SVD(SVDStages):
         ``pixels x (k + oversample)``); ``auto``: gram up to 4096 pixels.
     power_iter
         Most subspace-iteration steps after the first pass (randomized).
+        Two are plenty for the few strong components of a diffraction scan;
+        the tail of a long scree plot needs more (or ``gram``).
     oversample
         Extra columns of the randomised basis.
     svd_tol
-        Stop iterating when the top ``k`` Ritz values change by less than
-        this (relative).
+        Stop iterating when the top ``k`` squared singular values change by
+        less than this (relative) from one pass to the next.
     seed
         Seed of the randomised start.
 
@@ -64,11 +66,12 @@ class SVD(SVDStages):
     -----
     Passes: ``stats`` (with ``centre`` or ``poisson``), then ``gram`` or up
     to ``1 + power_iter`` ``power`` passes, then one pass for the loadings;
-    see :mod:`diffraflow.operators.decomposition._stages`. Subspace iteration
-    converges as :math:`(\\sigma_{l+1}/\\sigma_j)^{2q}` after ``q`` steps
-    (Halko, Martinsson & Tropp, 2011), so with a noise floor below a few
-    strong components two or three passes already match the exact SVD;
-    ``svd_tol`` stops as soon as they do. With ``gram`` the results equal
+    see :mod:`diffraflow.operators.decomposition._stages`. Pass ``q`` of the
+    randomised solver is the randomised SVD with ``q`` power iterations;
+    its error falls as :math:`(\\sigma_{l+1}/\\sigma_j)^{2q+1}` (Halko,
+    Martinsson & Tropp, 2011), so with a noise floor below a few strong
+    components one or two steps already match the exact SVD; ``svd_tol``
+    stops as soon as they do. With ``gram`` the results equal
     scikit-learn's PCA (``centre``) or an exact SVD to floating-point
     error. CuPy runs every per-chunk product on the GPU; the small
     eigenproblems stay on the host.
@@ -91,9 +94,9 @@ class SVD(SVDStages):
     poisson: bool = param(False, doc="weight counts by 1/sqrt(frame total x pixel total) first (shot noise)")
     solver: str = param("auto", doc="gram (exact, pixels^2 memory), randomized (subspace iteration), or auto",
                         choices=("auto", "gram", "randomized"))
-    power_iter: int = param(6, doc="most subspace-iteration passes after the first (randomized)")
+    power_iter: int = param(2, doc="most subspace-iteration passes after the first (randomized)")
     oversample: int = param(10, doc="extra columns of the randomized basis")
-    svd_tol: float = param(1e-10, doc="stop iterating when the top Ritz values change by less than this")
+    svd_tol: float = param(1e-8, doc="stop iterating when the top singular values change by less than this")
     seed: int = param(0, doc="seed of the randomized start")
 
     def max_passes(self) -> int:

@@ -57,7 +57,18 @@ def test_centred_svd_is_sklearn_pca(solver):
     assert np.all(signs == 1)  # scikit-learn's convention: each component's largest entry positive
 
 
-def test_randomized_stops_early_when_the_ritz_values_settle():
+def test_single_pass_randomized_svd_is_exact_on_low_rank_data():
+    # pass 0 alone is the randomised SVD without power iterations: exact when the rank is below the basis size
+    cube = _low_rank(noise=0.0)
+    x = cube.reshape(54, -1)
+    out = run_operator(SVD(n_components=3, solver="randomized", power_iter=0), cube, chunk_frames=4)
+    s, vt = _exact_svd(x, 3)
+    factors, _ = _aligned(out["factors"].reshape(3, -1).astype(np.float64), vt)
+    np.testing.assert_allclose(out["singular_values"], s, rtol=1e-9)
+    np.testing.assert_allclose(factors, vt, atol=2e-6)
+
+
+def test_randomized_stops_early_when_the_singular_values_settle():
     cube = _low_rank(noise=1e-6)
     out = run_operator(SVD(n_components=3, solver="randomized", power_iter=8, svd_tol=1e-10), cube)
     direct = run_operator(SVD(n_components=3, solver="randomized", power_iter=1, svd_tol=0.0), cube)

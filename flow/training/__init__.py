@@ -7,4 +7,7 @@ The job contract is :mod:`diffraflow.flow.jobs`; this package holds one concern 
 ``checkpoint``  atomic checkpoints (safetensors + a JSON tree in one file; never pickle)
 ``runner``      :func:`~diffraflow.flow.training.runner.run_job`: lock, seeds, epochs, resume, artefact
 ``classifier``  the built-in ``train_pattern_classifier`` job (a small CNN)
+``learned``     the built-in ``train_space_group`` and ``train_orientation`` jobs of the learned operators
+                (AdamW, schedules, moving average of the weights, early stopping)
+``datasets``    simulated training sets of many materials and geometries, written as cubes with their truth
 """

@@ -136,3 +136,7 @@ def _pattern_cnn(record: Mapping[str, Any]) -> nn.Module:
     if len(in_shape) != 2 or min(in_shape) < 1:
         raise ValueError(f"in_shape {list(in_shape)} is not a frame shape")
     return PatternCNN(in_shape, tuple(int(c) for c in record["channels"]), int(record["n_classes"]))  # type: ignore[arg-type]
+
+
+# The networks of the learned operators register themselves here, so build_model knows them.
+from diffraflow.operators.learning import _networks  # noqa: E402,F401

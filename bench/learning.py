@@ -167,7 +167,11 @@ def real(classifier: str, regressor: str | None, refine: int) -> dict[str, Any]:
     import kikuchipy as kp
 
     ni = kp.load(str(folder / "ni_small_kikuchipy_h5ebsd.h5"))
-    datasets = {"ni (225)": np.asarray(ni.data), "cu (225)": np.load(folder / "cu_hkl_2x2_patterns.npy")}
+    # The Ni scan ships with its static background: the raw frames, and the frames with it subtracted.
+    ni_corrected = np.asarray(ni.data, dtype=np.float32) - np.asarray(ni.static_background, dtype=np.float32)
+    ni_corrected -= ni_corrected.min()
+    datasets = {"ni (225)": np.asarray(ni.data), "ni, static background removed (225)": ni_corrected,
+                "cu (225)": np.load(folder / "cu_hkl_2x2_patterns.npy")}
     si = kp.load(str(folder / "si_single_in.h5"))
     datasets["si (227)"] = np.asarray(si.data).reshape(1, 1, *si.data.shape[-2:])
     for name, data in datasets.items():
@@ -180,9 +184,7 @@ def real(classifier: str, regressor: str | None, refine: int) -> dict[str, Any]:
                  "detector": {"shape": [60, 60], "pc": pc.tolist(), "pc_convention": "bruker",
                               "sample_tilt": 70.0, "camera_tilt": 0.0}}
         truth = np.asarray(ni.xmap.rotations.data).reshape(3, 3, 4)
-        background = np.asarray(ni.static_background, dtype=np.float32)
-        corrected = np.asarray(ni.data, dtype=np.float32) - background
-        corrected -= corrected.min()
+        corrected = ni_corrected
         for label, r in (("network", 0), ("network_refined", refine)):
             res = run_operator(PredictOrientation(model=regressor, refine=r), corrected, attrs=attrs)
             errors = orientation_errors(np.asarray(res["rotation"]), truth)

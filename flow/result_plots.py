@@ -35,13 +35,13 @@ class _HasMaskLabels(Protocol):
     def mask_labels(self, spec: Any) -> list[str]: ...
 
 
-def _labels_for(record: dict[str, Any], spec_attrs: dict[str, Any] | None, det_shape, n: int) -> list[str]:
+def _labels_for(record: dict[str, Any], spec_attrs: dict[str, Any] | None, det_shape: tuple[int, ...], n: int) -> list[str]:
     """Mask labels of a virtual-image step, rebuilt from its stored parameters."""
     try:
         from diffraflow.operators.base import InputSpec, build_operator
 
         op = build_operator(record["operator"], record.get("params") or {})
-        spec = InputSpec((1, 1), tuple(det_shape), np.dtype("float32"), spec_attrs)
+        spec = InputSpec((1, 1), (int(det_shape[0]), int(det_shape[1])), np.dtype("float32"), spec_attrs)
         labels = list(cast(_HasMaskLabels, op).mask_labels(spec))
         if len(labels) == n:
             return labels
@@ -50,7 +50,7 @@ def _labels_for(record: dict[str, Any], spec_attrs: dict[str, Any] | None, det_s
     return [f"mask {i}" for i in range(n)]
 
 
-def _crystal_map_pictures(results, key: str, step: dict[str, Any], base: str, overwrite: bool) -> list[Path]:
+def _crystal_map_pictures(results: str | os.PathLike[str], key: str, step: dict[str, Any], base: str, overwrite: bool) -> list[Path]:
     """The four crystal-map pictures of one step, as ``diffraflow export BASE.png`` draws them."""
     from diffraflow.flow.crystal_map import MIN_CONFIDENCE, read_crystal_map
     from diffraflow.flow.plots_crystal import write_crystal_map_pngs
@@ -60,7 +60,7 @@ def _crystal_map_pictures(results, key: str, step: dict[str, Any], base: str, ov
                                   min_confidence=min_confidence)
 
 
-def plot_result_store(results: str | os.PathLike, prefix: str | os.PathLike,
+def plot_result_store(results: str | os.PathLike[str], prefix: str | os.PathLike[str],
                       scan_attrs: dict[str, Any] | None = None, overwrite: bool = True) -> list[Path]:
     """Draw every picturable output of a complete result store.
 
@@ -87,8 +87,10 @@ def plot_result_store(results: str | os.PathLike, prefix: str | os.PathLike,
     from diffraflow.flow import plots
     from diffraflow.flow.store import open_group_checked
 
-    group = open_group_checked(results, kind="result")
-    record = dict(group.attrs.get("results", {}))
+    # zarr's own types (a JSON union per attribute, Array | Group per member) say nothing a result
+    # store's layout does not: its steps are groups of arrays, its record a mapping.
+    group: Any = open_group_checked(results, kind="result")
+    record: dict[str, Any] = dict(group.attrs.get("results", {}))
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     det_shape = tuple((scan_attrs or {}).get("detector", {}).get("shape", (1, 1)))
@@ -96,7 +98,7 @@ def plot_result_store(results: str | os.PathLike, prefix: str | os.PathLike,
     for step_name, step in record.items():
         if step_name not in group:
             continue
-        sub = group[step_name]
+        sub: Any = group[step_name]
         names = list(step.get("variables", sub.array_keys()))
         if step.get("product") == "crystal_map":
             written.extend(_crystal_map_pictures(results, step_name, step, f"{prefix}_{step_name}", overwrite))

@@ -19,13 +19,17 @@ Examples
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from diffraflow.flow.cli import positive_int
+
+if TYPE_CHECKING:
+    from diffraflow.flow.cli import Subparsers
 
 __all__ = ["register", "run", "describe_jobs"]
 
 
-def register(subparsers) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the ``train`` subcommand.
 
     Examples
@@ -77,7 +81,7 @@ def describe_jobs() -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from diffraflow.flow.commands.run import import_plugins
     from diffraflow.flow.training.runner import run_job
     from diffraflow.schemas.errors import SchemaError

@@ -56,7 +56,7 @@ DECOMPOSITION_EXPORTERS: dict[str, str] = {
 }
 
 
-def exporter_for(path: str | os.PathLike) -> Callable[..., Any]:
+def exporter_for(path: str | os.PathLike[str]) -> Callable[..., Any]:
     """The writer for ``path``'s extension.
 
     Raises
@@ -70,10 +70,11 @@ def exporter_for(path: str | os.PathLike) -> Callable[..., Any]:
                                  "use an output ending in " + ", ".join(sorted(EXPORTERS)[:-1])
                                  + f" or {sorted(EXPORTERS)[-1]}")
     module, function = EXPORTERS[suffix].split(":")
-    return getattr(importlib.import_module(module), function)
+    writer: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return writer
 
 
-def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
+def export_crystal_map(xmap: Any, path: str | os.PathLike[str], overwrite: bool = False,
                        metadata: Mapping[str, Any] | None = None, ipf_direction: str = "z",
                        min_confidence: float | None = None) -> list[Path]:
     """Export an orix ``CrystalMap`` to ``path`` by its extension; return the files written.
@@ -121,7 +122,7 @@ def export_crystal_map(xmap, path: str | os.PathLike, overwrite: bool = False,
     return [writer(apply_min_confidence(xmap, min_confidence), path, overwrite=overwrite, metadata=metadata)]
 
 
-def export_decomposition(results: str | os.PathLike, path: str | os.PathLike, *, step: str | None = None,
+def export_decomposition(results: str | os.PathLike[str], path: str | os.PathLike[str], *, step: str | None = None,
                          overwrite: bool = False, with_data: bool = False) -> list[Path]:
     """Export a decomposition step of a result store by ``path``'s extension (``.hspy``); return the files written.
 

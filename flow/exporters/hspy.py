@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from diffraflow.schemas.errors import SchemaError
@@ -60,7 +61,7 @@ def decomposition_steps(results: str | os.PathLike[str]) -> dict[str, dict[str, 
     from diffraflow.flow.store import open_group_checked
 
     group = open_group_checked(results, kind="result")
-    record = dict(group.attrs.get("results", {}))
+    record: dict[str, Any] = dict(cast(Mapping[str, Any], group.attrs.get("results", {})))
     return {name: dict(entry) for name, entry in record.items() if dict(entry).get("product") == "decomposition"}
 
 
@@ -159,8 +160,9 @@ def write_decomposition_hspy(results: str | os.PathLike[str], path: str | os.Pat
     step, record = _choose_step(results, step)
     target = Path(path)
     check_output(target, overwrite)
-    group = open_group_checked(results, kind="result")
-    sub = group[record.get("prefix") or step]
+    # A result store's steps are groups of arrays and its run record a mapping; zarr's types say less.
+    group: Any = open_group_checked(results, kind="result")
+    sub: Any = group[record.get("prefix") or step]
     names = set(sub.array_keys())
     factors = np.asarray(sub["factors"][...], np.float64)
     loadings = np.asarray(sub["loadings"][...], np.float64)
@@ -212,7 +214,7 @@ def write_decomposition_hspy(results: str | os.PathLike[str], path: str | os.Pat
             data = exp.create_dataset("data", shape=(scan_y, scan_x, det_y, det_x), dtype=dtype, chunks=chunks,
                                       fillvalue=0, compression="gzip" if with_data else None)
             if with_data:
-                frames = zarr.open_group(str(source), mode="r")["patterns"]
+                frames: Any = zarr.open_group(str(source), mode="r")["patterns"]
                 for row in range(scan_y):  # one scan row at a time: memory stays one row of frames
                     data[row] = np.asarray(frames[row])
             _write_tree(exp.require_group("metadata"), {

@@ -90,7 +90,7 @@ def _decode(node: Any, tensors: Any, where: str) -> Any:
     raise DataCorruptionError(where, f"unknown checkpoint node {sorted(node)}", _FIX)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one.
 
     Examples
@@ -117,7 +117,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         pass  # some file systems cannot fsync a directory; the rename is still atomic
 
 
-def save_checkpoint(path: str | os.PathLike, tree: Any) -> None:
+def save_checkpoint(path: str | os.PathLike[str], tree: Any) -> None:
     """Write ``tree`` to ``path`` atomically (see the module notes).
 
     Raises
@@ -133,7 +133,7 @@ def save_checkpoint(path: str | os.PathLike, tree: Any) -> None:
     atomic_write(path, save(tensors, metadata={_KEY: header}))
 
 
-def load_checkpoint(path: str | os.PathLike) -> Any:
+def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Read back the tree :func:`save_checkpoint` wrote; tensors come back on the CPU.
 
     Raises

@@ -131,7 +131,7 @@ class TrainPatternClassifier(Job):
             logits = self.model(x)
             loss = functional.cross_entropy(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
             n = len(batch)
             total += n

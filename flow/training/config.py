@@ -211,7 +211,7 @@ def _parse_data(record: Any, where: str, base: Path | None, need_source: bool) -
     )
 
 
-def parse_config(record: Any, where: str = "job file", base: str | os.PathLike | None = None,
+def parse_config(record: Any, where: str = "job file", base: str | os.PathLike[str] | None = None,
                  need_source: bool = True) -> TrainingConfig:
     """Validate a job-file mapping and build its job (no data is touched).
 
@@ -269,7 +269,7 @@ def parse_config(record: Any, where: str = "job file", base: str | os.PathLike |
     return TrainingConfig(job=job, seed=seed, epochs=epochs, device=device, data=data, output=output)
 
 
-def read_config(path: str | os.PathLike) -> Any:
+def read_config(path: str | os.PathLike[str]) -> Any:
     """Parse a YAML or JSON job file (structure not yet validated).
 
     Examples
@@ -295,7 +295,7 @@ def read_config(path: str | os.PathLike) -> Any:
         raise SchemaError(where, f"not valid YAML: {problem}", "fix the YAML syntax (indentation, colons)") from None
 
 
-def load_config(config: str | os.PathLike | Mapping[str, Any] | TrainingConfig,
+def load_config(config: str | os.PathLike[str] | Mapping[str, Any] | TrainingConfig,
                 need_source: bool = True) -> TrainingConfig:
     """A validated config from a job-file path, a mapping, or an existing :class:`TrainingConfig`.
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,7 +199,7 @@ class LabelledFrames:
         if self._arrays or not hasattr(self.source, "variables"):
             return self._arrays
         if not hasattr(self, "_source_variables"):
-            self._source_variables = self.source.variables()
+            self._source_variables: Mapping[str, Any] = self.source.variables()
         return self._source_variables
 
     def _describe(self, name: str) -> VariableInfo:
@@ -241,9 +241,9 @@ class LabelledFrames:
     def frame_bytes(self) -> int:
         """Bytes of one frame plus its frame-sized labels."""
         det = int(np.prod(self.spec.det_shape))
-        extra = sum(int(np.prod(v.per_frame_shape)) * v.dtype.itemsize for v in self.variables.values()
+        extra = sum(int(np.prod(v.per_frame_shape)) * int(v.dtype.itemsize) for v in self.variables.values()
                     if v.frame_sized)
-        return det * self.spec.dtype.itemsize + extra
+        return det * int(self.spec.dtype.itemsize) + extra
 
     @property
     def buffer_frames(self) -> int:
@@ -292,7 +292,7 @@ class LabelledFrames:
     def _selection(self, split: str, flat: np.ndarray) -> np.ndarray:
         if split == "all":
             return np.ones(len(flat), bool)
-        held = self._mask_all()[flat]
+        held: np.ndarray = self._mask_all()[flat]
         return held if split == "holdout" else ~held
 
     def _read_labels(self, region: Region, flat: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
@@ -360,7 +360,8 @@ class LabelledFrames:
                 pending, count = yield from self._emit(pending, rng if shuffle else None, final=False)
         yield from self._emit(pending, rng if shuffle else None, final=True, drop_last=drop_last)
 
-    def _emit(self, pending: list[Batch], rng: np.random.Generator | None, final: bool, drop_last: bool = False):
+    def _emit(self, pending: list[Batch], rng: np.random.Generator | None, final: bool,
+              drop_last: bool = False) -> Generator[Batch, None, tuple[list[Batch], int]]:
         if not pending:
             return [], 0
         frames = np.concatenate([b.frames for b in pending])

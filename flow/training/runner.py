@@ -43,7 +43,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def work_dir(final: str | os.PathLike) -> Path:
+def work_dir(final: str | os.PathLike[str]) -> Path:
     """The hidden folder beside the artefact where an unfinished run keeps its checkpoint and log.
 
     Examples
@@ -170,7 +170,7 @@ def open_data(cfg: TrainingConfig, source: Any = None, labels: Mapping[str, Any]
 
 
 @contextlib.contextmanager
-def _torch_settings(device: str, threads: int | None):
+def _torch_settings(device: str, threads: int | None) -> Iterator[None]:
     """Thread count and, on CUDA, deterministic algorithms while the job runs (restored afterwards).
 
     On the CPU the operations jobs use are deterministic already, and switching
@@ -404,7 +404,7 @@ class _Progress:
             self.bar.close()
 
 
-def run_job(config: Any, output_dir: str | os.PathLike | None = None, *, resume: bool = True,
+def run_job(config: Any, output_dir: str | os.PathLike[str] | None = None, *, resume: bool = True,
             overwrite: bool = False, progress: bool = True, device: str | None = None, threads: int | None = None,
             source: Any = None, labels: Mapping[str, Any] | None = None) -> JobReport:
     """Train the job a config describes and write its versioned artefact to ``output_dir``.

@@ -125,15 +125,15 @@ class SVDStages(Operator):
 
     backends = ("numpy", "cupy")
 
-    @property  # type: ignore[override]
-    def passes(self) -> int:
+    @property
+    def passes(self) -> int:  # type: ignore[override]  # a property where Operator has a class attribute
         """The most passes with these parameters (what ``diffraflow operators`` shows); see :meth:`max_passes`."""
         return int(self.max_passes())
 
     # -- configuration --------------------------------------------------------------------
     def svd_rank(self) -> int:
         """Number of SVD components the method needs."""
-        return int(self.n_components)
+        return int(self._opt("n_components", 1))
 
     def _opt(self, name: str, default: Any) -> Any:
         return getattr(self, name, default)
@@ -277,7 +277,7 @@ class SVDStages(Operator):
         return self.process_stage(stage, x, xp, state, ctx)
 
     def finalize(self, partials: dict[str, Any], ctx: ChunkContext) -> Any:
-        state = dict(ctx.state) if ctx.state is not None else {"stage": self.first_stage(ctx.spec)}
+        state: dict[str, Any] = dict(ctx.state) if ctx.state is not None else {"stage": self.first_stage(ctx.spec)}
         stage = state["stage"]
         k = self.svd_rank()
         if stage == "stats":

@@ -48,7 +48,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,7 @@ def _diffraflow_version() -> str:
 
 def write_artefact(folder: str | os.PathLike, *, kind: str, job: str, weights: Mapping[str, Any],
                    model: Mapping[str, Any], config: Mapping[str, Any], data: Mapping[str, Any],
-                   training: Mapping[str, Any], metrics: list[Mapping[str, Any]]) -> str:
+                   training: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]]) -> str:
     """Write a complete artefact into the new directory ``folder``; returns its content hash.
 
     ``folder`` must not exist (the job runner writes under a temporary name

@@ -386,7 +386,8 @@ class Job:
 
 _REGISTRY: dict[str, type[Job]] = {}
 #: Modules defining the built-in jobs, imported on first use of the registry.
-_JOB_MODULES = ("diffraflow.flow.training.classifier", "diffraflow.flow.training.learned")
+_JOB_MODULES = ("diffraflow.flow.training.classifier", "diffraflow.flow.training.learned",
+                "diffraflow.flow.training.restoration")
 _LOADED = False
 
 

@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 import queue
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -143,16 +144,20 @@ def receive_to_memory(client: Any, *, scan_shape: tuple[int, int] | None = None,
     thread = threading.Thread(target=receive, daemon=True)
     thread.start()
     try:
-        done = core.finished.wait(timeout)
+        try:
+            done = core.finished.wait(timeout)
+        finally:
+            stop.set()
+            thread.join(5)
+        if failure:
+            raise failure[0]
+        if core.error is not None:
+            raise core.error
+        if not done:
+            core.stop()
+            raise TimeoutError(f"no complete acquisition within {timeout} s")
+        assert core.ledger is not None
+        return np.asarray(open_cube(folder / "raw.zarr")["patterns"].values), core.ledger
     finally:
-        stop.set()
-        thread.join(5)
-    if failure:
-        raise failure[0]
-    if core.error is not None:
-        raise core.error
-    if not done:
-        core.stop()
-        raise TimeoutError(f"no complete acquisition within {timeout} s")
-    assert core.ledger is not None
-    return np.asarray(open_cube(folder / "raw.zarr")["patterns"].values), core.ledger
+        # The cube was only a staging area for the frames returned: leave nothing behind in the temp folder.
+        shutil.rmtree(folder, ignore_errors=True)

@@ -23,7 +23,7 @@ import shlex
 import sys
 from typing import Any
 
-from diffraflow.flow.cli import positive_float, positive_int
+from diffraflow.flow.cli import non_negative_int, positive_float, positive_int
 from diffraflow.schemas.cube import PC_CONVENTIONS
 
 PROTOCOLS = ("merlin", "dectris", "zmq")
@@ -63,6 +63,9 @@ def register(subparsers: Any) -> None:
                         help="seconds the detector has to answer at first (default 10)")
     parser.add_argument("--timeout", type=positive_float, metavar="S",
                         help="stop after S seconds (the stores stay resumable)")
+    parser.add_argument("--acquisitions", type=non_negative_int, default=1, metavar="K",
+                        help="merlin: receive K acquisitions on one connection, acquisition k into RAW-k.zarr "
+                             "(and OUT-k.zarr); 0: until Ctrl-C (default 1: RAW.zarr)")
     parser.add_argument("--png", metavar="PREFIX", help="at the end, draw every picturable output as PNG")
     parser.add_argument("--view", nargs="?", const=0, type=int, metavar="PORT",
                         help="serve a live view on http://127.0.0.1:PORT (any free port if none is given)")
@@ -164,18 +167,60 @@ def _user_attrs(args: Any) -> dict[str, Any]:
     return attrs
 
 
+def numbered(path: str | None, k: int) -> str | None:
+    """The store (or picture prefix) of acquisition ``k`` when several are received: ``NAME-k`` + suffix.
+
+    Examples
+    --------
+    >>> numbered("/data/raw.zarr", 2), numbered("pictures/scan", 1), numbered(None, 3)
+    ('/data/raw-2.zarr', 'pictures/scan-1', None)
+    """
+    if path is None:
+        return None
+    from pathlib import Path
+
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{k}{p.suffix}"))
+
+
 def run_live(args: Any) -> int:
+    """Run ``diffraflow live``: one acquisition, or ``--acquisitions K`` of them on one Merlin connection."""
     from diffraflow.flow.commands.run import import_plugins
-    from diffraflow.flow.live.session import LiveSession
     from diffraflow.flow.pipeline import Pipeline
     from diffraflow.schemas.errors import SchemaError
 
     if (args.pipeline is None) != (args.results is None):
         raise SchemaError("live", "a pipeline needs --results, and --results needs a pipeline",
                           "give PIPELINE.yaml and --results OUT.zarr, or neither to receive and persist only")
+    if args.acquisitions != 1 and args.protocol != "merlin":
+        raise SchemaError("--acquisitions", f"several acquisitions per run are for merlin, not {args.protocol}",
+                          "start diffraflow live once per series (a ZeroMQ sender holds the next series until "
+                          "a receiver connects)")
     import_plugins(args.plugin)
     pipeline = Pipeline.from_file(args.pipeline) if args.pipeline else None  # checked before connecting
     client = make_client(args.protocol, args.connect, args.connect_timeout)
+    if args.acquisitions == 1:
+        return _receive_one(args, client, pipeline, args.output, args.results, args.png)
+    client.keep_connection = True  # the next acquisition arrives on the same connection
+    worst = 0
+    try:
+        k = 0
+        while args.acquisitions == 0 or k < args.acquisitions:
+            k += 1
+            status = _receive_one(args, client, pipeline, str(numbered(args.output, k)),
+                                  numbered(args.results, k), numbered(args.png, k), f" (acquisition {k})")
+            worst = max(worst, status)
+            if status not in (0, 1):  # an error, --timeout or Ctrl-C ends the series
+                return status
+    finally:
+        client.close()
+    return worst
+
+
+def _receive_one(args: Any, client: Any, pipeline: Any, output: str, results: str | None,
+                 png: str | None, label: str = "") -> int:
+    from diffraflow.flow.live.session import LiveSession
+
     view = None
 
     def on_ready(session: Any) -> None:
@@ -186,7 +231,7 @@ def run_live(args: Any) -> int:
             view = LiveView(session, host=args.view_host, port=args.view).start()
             print(f"diffraflow live: view on {view.url}", file=sys.stderr, flush=True)
 
-    session = LiveSession(client, args.output, results=args.results, pipeline=pipeline,
+    session = LiveSession(client, output, results=results, pipeline=pipeline,
                           scan_shape=tuple(args.scan_shape) if args.scan_shape else None, slots=args.slots,
                           gap_timeout=args.gap_timeout, timeout=args.timeout, overwrite=args.overwrite,
                           attrs=_user_attrs(args), executor=args.scheduler, workers=args.workers,
@@ -209,16 +254,16 @@ def run_live(args: Any) -> int:
             view.stop()
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    print(f"diffraflow live: {report.message}")
-    print(f"diffraflow live: summary in {report.summary_file}")
-    if args.png and args.results and report.exit_status in (0, 1):
+    print(f"diffraflow live{label}: {report.message}")
+    print(f"diffraflow live{label}: summary in {report.summary_file}")
+    if png and results and report.exit_status in (0, 1):
         from diffraflow.flow.result_plots import plot_result_store
         from diffraflow.flow.store import read_scan_attrs
 
-        scan = read_scan_attrs(args.output).model_dump(mode="json")
-        for path in plot_result_store(args.results, args.png, scan_attrs=scan):
+        scan = read_scan_attrs(output).model_dump(mode="json")
+        for path in plot_result_store(results, png, scan_attrs=scan):
             print(f"picture: {path}")
-    return report.exit_status
+    return int(report.exit_status)
 
 
 def run_replay(args: Any) -> int:

@@ -217,6 +217,9 @@ class MerlinClient:
         self.where = f"tcp://{host}:{port}"
         self.bytes_in = 0
         self._front = bytearray(0)  # the header part of a scatter read
+        #: Keep the connection open after a complete acquisition, for the next one on it (see :meth:`close`).
+        self.keep_connection = False
+        self._kept: tuple[socket.socket, _Wire] | None = None
 
     def resume_acquisition(self, det_shape: tuple[int, int], dtype: np.dtype, scan_shape: tuple[int, int],
                            attrs: dict[str, Any]) -> Acquisition:
@@ -247,32 +250,43 @@ class MerlinClient:
         t0 = time.monotonic()
         delay = 0.05
         while not stop.is_set() and not core.finished.is_set():
-            try:
-                sock = self._connect(min(2.0, self.connect_timeout))
-            except OSError as exc:
-                gone = time.monotonic() - t0 > self.connect_timeout
-                if gone and not first and core.acquisition is None:
-                    # Dropped before any acquisition began: no gap timeout can end this, so say so.
-                    raise DetectorUnreachableError(self.where, f"the connection dropped before an acquisition "
-                                                   f"started and did not come back within {self.connect_timeout:g} "
-                                                   f"s ({exc.strerror or exc})", "check the detector, then run "
-                                                   "the same command again") from None
-                if first and gone:
-                    raise DetectorUnreachableError(self.where, f"cannot connect to the Merlin data port "
-                                                   f"({exc.strerror or exc})",
-                                                   "check the address and port (--connect HOST:PORT), that the "
-                                                   "detector software runs and that nothing else is connected"
-                                                   ) from None
-                stop.wait(delay)
-                delay = min(1.0, delay * 2)
-                continue
-            if not first:
-                core.fault("reconnects", f"reconnected to {self.where}")
+            wire: _Wire | None = None
+            if self._kept is not None:  # the connection the previous acquisition arrived on, its buffer kept
+                (sock, wire), self._kept = self._kept, None
+                wire.stop = stop
+                first = False
+            else:
+                try:
+                    sock = self._connect(min(2.0, self.connect_timeout))
+                except OSError as exc:
+                    gone = time.monotonic() - t0 > self.connect_timeout
+                    if gone and not first and core.acquisition is None:
+                        # Dropped before any acquisition began: no gap timeout can end this, so say so.
+                        raise DetectorUnreachableError(self.where, f"the connection dropped before an acquisition "
+                                                       f"started and did not come back within {self.connect_timeout:g} "
+                                                       f"s ({exc.strerror or exc})", "check the detector, then run "
+                                                       "the same command again") from None
+                    if first and gone:
+                        raise DetectorUnreachableError(self.where, f"cannot connect to the Merlin data port "
+                                                       f"({exc.strerror or exc})",
+                                                       "check the address and port (--connect HOST:PORT), that the "
+                                                       "detector software runs and that nothing else is connected"
+                                                       ) from None
+                    stop.wait(delay)
+                    delay = min(1.0, delay * 2)
+                    continue
+                if not first:
+                    core.fault("reconnects", f"reconnected to {self.where}")
             first, delay = False, 0.05
+            keep = False
             try:
-                self._receive(sock, core, stop)
+                wire = self._receive(sock, core, stop, wire)
+                keep = self.keep_connection and core.all_received() and not stop.is_set()
             finally:
-                sock.close()
+                if keep and wire is not None:
+                    self._kept = (sock, wire)
+                else:
+                    sock.close()
             if core.all_received():
                 while not core.finished.wait(0.1) and not stop.is_set():
                     pass  # the persister writes the last shards; the detector may hang up meanwhile
@@ -281,8 +295,16 @@ class MerlinClient:
                 core.fault("disconnects", f"the connection to {self.where} dropped; reconnecting")
                 t0 = time.monotonic()  # the detector has connect_timeout seconds to come back
 
-    def _receive(self, sock: socket.socket, core: ReceiverCore, stop: threading.Event) -> None:
-        wire = _Wire(sock, stop)
+    def close(self) -> None:
+        """Close a connection kept open after the last acquisition (``keep_connection``)."""
+        if self._kept is not None:
+            self._kept[0].close()
+            self._kept = None
+
+    def _receive(self, sock: socket.socket, core: ReceiverCore, stop: threading.Event,
+                 wire: _Wire | None = None) -> _Wire:
+        """Receive on ``sock`` (through ``wire``, the buffer of an earlier acquisition on it, if given)."""
+        wire = wire if wire is not None else _Wire(sock, stop)
         hdr: dict[str, str] | None = None
         hdr_pending = False
         partial = False  # part of a message has been read
@@ -293,7 +315,7 @@ class MerlinClient:
                 if fast is not None and not hdr_pending and not wire.available():
                     done = self._scatter(wire, core, fast, last + 1)
                     if done < 0:
-                        return
+                        return wire
                     if done:
                         last = done - 1
                         continue
@@ -315,7 +337,7 @@ class MerlinClient:
                         wire.available() >= 2 * (MPX_PREFIX_SIZE + payload):
                     done = self._batch(wire, core, fast)  # whole frames back to back in the buffer
                     if done < 0:
-                        return
+                        return wire
                     if done:
                         partial = False
                         continue
@@ -332,7 +354,7 @@ class MerlinClient:
                             index = int(digits) - 1
                             slot = core.frame_buffer(index)
                             if slot is None:
-                                return
+                                return wire
                             self._read_pixels(wire, head, slot)
                             core.commit(index)
                             partial, last = False, index
@@ -369,7 +391,7 @@ class MerlinClient:
                     core.start(acq)  # a repeated header of this acquisition is only counted
                     hdr_pending = False
                     if core.finished.is_set() or core.stopping:
-                        return
+                        return wire
                 current = core.acquisition
                 assert current is not None
                 if head.frame_shape != tuple(current.det_shape) or head.dtype != np.dtype(current.dtype):
@@ -385,7 +407,7 @@ class MerlinClient:
                 index = head.sequence - 1
                 slot = core.frame_buffer(index)
                 if slot is None:
-                    return  # stopping
+                    return wire  # stopping
                 self._read_pixels(wire, head, slot)
                 core.commit(index)
                 partial, last = False, index
@@ -394,6 +416,8 @@ class MerlinClient:
                 core.fault("truncated", f"the connection closed inside a message from {self.where}")
         finally:
             self.bytes_in += wire.bytes_in
+            wire.bytes_in = 0  # counted once, also when the wire serves the next acquisition
+        return wire
 
     def _scatter(self, wire: _Wire, core: ReceiverCore, fast: tuple[int, int, bytes, FrameHeader],
                  guess: int) -> int:

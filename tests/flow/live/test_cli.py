@@ -74,3 +74,36 @@ def test_info_reports_acquiring_while_frames_arrive(tmp_path, capsys):
         stream.send(i, np.full((4, 4), i, "uint8"))
     worker.join(30)
     assert open_cube(tmp_path / "raw.zarr")["patterns"].values[..., 0, 0].reshape(-1).tolist() == list(range(40))
+
+
+def test_several_merlin_acquisitions_on_one_connection_each_into_its_own_stores(tmp_path, capsys):
+    from diffraflow.flow.live.merlin import MerlinServer
+
+    frames = frames12(12, (8, 10), seed=5)
+    (tmp_path / "p.json").write_text(json.dumps({"pipeline": 1, "steps": [
+        {"op": "virtual_image", "params": {"masks": [{"type": "disk", "radius": 3}]}}]}))
+    server = MerlinServer(frames, scan_shape=(3, 4), port=0, acquisitions=3).start()
+    try:
+        status = main(["live", str(tmp_path / "p.json"), "--protocol", "merlin",
+                       "--connect", f"127.0.0.1:{server.port}", "--output", str(tmp_path / "raw.zarr"),
+                       "--results", str(tmp_path / "out.zarr"), "--acquisitions", "3", "--quiet"])
+    finally:
+        server.stop()
+    text = capsys.readouterr().out
+    assert status == 0, text
+    for k in (1, 2, 3):
+        assert f"diffraflow live (acquisition {k}): complete: 12 frames received" in text
+        got = open_cube(tmp_path / f"raw-{k}.zarr")
+        assert np.array_equal(got["patterns"].values.reshape(12, 8, 10), frames)
+        summary = json.loads((tmp_path / f"out-{k}.zarr.live.json").read_text())
+        assert summary["exit_status"] == 0 and summary["missing"] == 0
+        assert summary["faults"]["reconnects"] == 0 and summary["faults"]["malformed"] == 0
+    assert not (tmp_path / "raw.zarr").exists()
+
+
+def test_several_acquisitions_are_for_merlin_only(tmp_path, capsys):
+    status = main(["live", "--protocol", "zmq", "--connect", "127.0.0.1:1", "--output", str(tmp_path / "r.zarr"),
+                   "--acquisitions", "2"])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--acquisitions" in err[0] and "merlin" in err[0]

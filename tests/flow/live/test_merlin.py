@@ -158,8 +158,10 @@ LIBERTEM_PYTHON = __import__("os").environ.get("DIFFRAFLOW_LIBERTEM_PYTHON")
 
 @pytest.mark.skipif(not LIBERTEM_PYTHON or not MIB.is_file(),
                     reason="set DIFFRAFLOW_LIBERTEM_PYTHON to a Python with libertem-live (a third-party simulator)")
-def test_third_party_simulator_with_garbage_feeds_a_cube_equal_to_convert(tmp_path):
-    """LiberTEM-live's own Merlin simulator (garbage before the header, triggered over its control port)."""
+@pytest.mark.parametrize("acquisitions", [1, 3])
+def test_third_party_simulator_with_garbage_feeds_a_cube_equal_to_convert(tmp_path, acquisitions):
+    """LiberTEM-live's own Merlin simulator (garbage before the header, triggered over its control port);
+    with 3, three acquisitions armed one after the other arrive on one connection (``--acquisitions 3``)."""
     import socket
     import subprocess
     import threading
@@ -179,8 +181,9 @@ def test_third_party_simulator_with_garbage_feeds_a_cube_equal_to_convert(tmp_pa
                "    c.cmd('STARTACQUISITION'); c.cmd('SOFTTRIGGER')\n")
 
     def arm():
-        time.sleep(2.0)
-        subprocess.run([LIBERTEM_PYTHON, "-c", trigger], timeout=60)
+        for _ in range(acquisitions):
+            time.sleep(2.0)
+            subprocess.run([LIBERTEM_PYTHON, "-c", trigger], timeout=60)
 
     try:
         deadline = time.monotonic() + 60
@@ -191,11 +194,22 @@ def test_third_party_simulator_with_garbage_feeds_a_cube_equal_to_convert(tmp_pa
             except OSError:
                 time.sleep(0.2)
         threading.Thread(target=arm, daemon=True).start()
-        report = _receive(ports[0], tmp_path / "raw.zarr", scan_shape=(2, 4), gap_timeout=5)
+        if acquisitions > 1:
+            status = main(["live", "--protocol", "merlin", "--connect", f"127.0.0.1:{ports[0]}", "--output",
+                           str(tmp_path / "raw.zarr"), "--scan-shape", "2", "4", "--gap-timeout", "5",
+                           "--acquisitions", str(acquisitions), "--quiet"])
+        else:
+            report = _receive(ports[0], tmp_path / "raw.zarr", scan_shape=(2, 4), gap_timeout=5)
     finally:
         sim.terminate()
         sim.wait(10)
     convert([MIB], tmp_path / "converted.zarr")
+    if acquisitions > 1:
+        expected = open_cube(tmp_path / "converted.zarr")["patterns"].values
+        assert status == 0
+        for k in range(1, acquisitions + 1):
+            assert np.array_equal(open_cube(tmp_path / f"raw-{k}.zarr")["patterns"].values, expected)
+        return
     assert report.exit_status == 0 and report.summary["faults"]["junk_bytes"] > 0
     assert np.array_equal(open_cube(tmp_path / "raw.zarr")["patterns"].values,
                           open_cube(tmp_path / "converted.zarr")["patterns"].values)

@@ -202,7 +202,14 @@ def load_models(specs: list[str]) -> dict:
     return models
 
 
+_THREADS = [1]
+
+
 def restore(model, frames: np.ndarray, sampler: str, steps: int | None, batch: int) -> tuple[np.ndarray, float]:
+    import torch
+
+    # Set again before every timing: the Hough indexer's numba OpenMP pool resets torch's thread count.
+    torch.set_num_threads(_THREADS[0])
     start = time.perf_counter()
     out = model.restore(frames, sampler, steps, seed=0, batch=batch).numpy()
     return out, time.perf_counter() - start
@@ -221,12 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ddpm-frames", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256, help="frames per network call")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--sampler-doses", type=float, nargs="+", default=None,
+                    help="run the multi-step samplers (ddim, ddpm, latent) only at these doses (default: every dose)")
     ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                     help="default, supervised or latent model artefact")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     ap.add_argument("--figures", type=Path, default=None, help="write the README pictures (PNG) here")
     ap.add_argument("--no-append", action="store_true", help="do not write bench/RESULTS.md")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch CPU threads (default: every CPU; 1 while other jobs share the machine)")
     args = ap.parse_args(argv)
     if args.quick:
         args.scan, args.grains, args.doses, args.detectors = 8, 6, [2], [60]
@@ -236,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     from diffraflow.operators.crystallography import get_phase
     from diffraflow.operators.indexing import HoughIndexer
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    _THREADS[0] = max(1, args.threads)
+    torch.set_num_threads(_THREADS[0])
     phase = get_phase("ni")
     models = load_models(args.model)
     truth = scan_truth(args.scan, args.grains, args.seed)
@@ -250,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             trial = Trial(indexer, q_truth, clean, phase.point_group, f"{side}x{side} dose {dose:g}")
             record = trial.record
             for method in args.methods:
+                if method in ("ddim", "ddpm", "latent") and args.sampler_doses and dose not in args.sampler_doses:
+                    continue
                 if method == "raw":
                     record("raw", frames, None)
                 elif method == "nlpar":
@@ -275,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_figures(args.figures, frames, clean, examples, side, dose, truth)
     meta = {"date": _dt.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "torch": torch.__version__.split("+")[0], "scan": args.scan, "grains": args.grains,
-            "image": args.image, "batch": args.batch,
+            "image": args.image, "batch": args.batch, "threads": _THREADS[0],
             "models": {k: {"path": v[1], "sha256": load_hash(v[1]), "parameters": v[0].record.get("parameters")}
                        for k, v in models.items()}}
     table = markdown(rows, meta, args)
@@ -284,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if not args.quick and not args.no_append:
-        cmd = "python bench/restoration.py" + ("" if argv is None else " " + " ".join(argv))
-        append(table, cmd)
+        cmd = " ".join(["python bench/restoration.py", *(sys.argv[1:] if argv is None else argv)])
+        append(table, cmd, meta)
     return 0
 
 
@@ -308,15 +322,23 @@ def markdown(rows: list[dict], meta: dict, args) -> str:
     return "\n".join(lines)
 
 
-def append(table: str, cmd: str) -> None:
+SECTION = "## Restoration (issue 12)"
+
+
+def append(table: str, cmd: str, meta: dict) -> None:
+    """Replace (or add) this benchmark's own section of bench/RESULTS.md; other sections are left alone."""
     path = ROOT / "bench" / "RESULTS.md"
-    section = ("## Restoration of short-exposure patterns (issue 12)\n\n"
-               "See `bench/restoration.py` for the scan, the image model and each method; throughput is the "
-               "restoration alone on this shared 2-CPU machine (torch CPU, batch 256), NLPAR's includes its "
-               "lambda optimisation. GPU throughput: unmeasured (no GPU lent).\n\n"
-               f"Command: `{cmd}` ({_dt.date.today().isoformat()})\n\n" + table + "\n")
+    models = "; ".join(f"{k}: `{Path(v['path']).name}` sha256 {v['sha256']}, {v['parameters']} parameters"
+                       for k, v in meta["models"].items())
+    section = (f"{SECTION}\n\n"
+               f"See `bench/restoration.py` for the scan ({meta['scan']} x {meta['scan']} points, "
+               f"{meta['grains']} grains), the image model (`{meta['image']}`) and each method. Throughput is the "
+               f"restoration alone on {meta['machine']} (torch {meta['torch']} CPU, {meta['threads']} threads, "
+               f"batch {meta['batch']}); NLPAR's includes its lambda optimisation. GPU throughput: unmeasured "
+               f"(no GPU lent). Models: {models}.\n\n"
+               f"Command: `{cmd}` ({meta['date']})\n\n" + table + "\n")
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    marker = "\n## Restoration of short-exposure patterns (issue 12)\n"
+    marker = f"\n{SECTION}\n"
     start = text.find(marker)
     if start >= 0:  # replace only our own section
         end = text.find("\n## ", start + 1)

@@ -23,9 +23,16 @@ Usage::
     python bench/train_restoration_models.py supervised --work /tmp/df-restoration
     python bench/train_restoration_models.py autoencoder latent --work /tmp/df-restoration
 
-All models share one training set (``WORK/train.zarr``, about 1.2 GB). Timings
+All models share one training set (``WORK/train.zarr``, about 0.5 GB). Timings
 go to ``WORK/<model>/timing.json``. Seeds are fixed, so a rerun on the same
 machine and thread count gives the same artefact bytes.
+
+The shipped model (``default``, content sha256 1700901af841...) took 2,500
+optimiser steps of 32 patterns (10 epochs of 250): 1,562 s on one thread of
+a shared 2-CPU machine; ``supervised`` the same budget (1,401 s). The budget
+was cut from 24 epochs to fit the time available on that machine; the
+hold-out PSNR was still rising slowly (``metrics.jsonl`` of the artefact).
+``autoencoder`` and ``latent`` have not been trained with these settings yet.
 """
 
 from __future__ import annotations
@@ -46,18 +53,22 @@ INSTALLED = ROOT / "operators" / "restoration" / "models" / "ni_restorer.dfmodel
 
 #: The training set every model reads: 40,000 clean 60 x 60 Ni patterns, one geometry per row of 100.
 TRAINING_SET = {"n": 40_000, "det_shape": (60, 60), "row": 100, "seed": 0}
+# Backgrounds up to 6 times the mean Kikuchi signal: bench/restoration.py's image model (that of bench/hough.py,
+# where raw Hough indexing at 2 counts/px finds 57 % within 2 degrees) carries about 4 times the signal, beyond the
+# degradation default of 3, where a model trained on the default range was measured to restore little.
 _COMMON = {"learning_rate": 0.002, "weight_decay": 0.01, "warmup_steps": 100, "ema_decay": 0.995,
-           "steps_per_epoch": 250, "holdout_frames": 128, "holdout_doses": [1.0, 2.0, 4.0]}
+           "steps_per_epoch": 250, "holdout_frames": 128, "holdout_doses": [1.0, 2.0, 4.0],
+           "degradation": {"background": [0.0, 6.0]}}
 _DATA = {"source": "../train.zarr", "batch_size": 32, "holdout": 0.01, "shuffle_buffer_mib": 160}
 
 #: Model name -> job file (the data source is relative to the job file in WORK/<model>/).
 MODELS: dict[str, dict] = {
-    "default": {"training": 1, "job": "train_restoration", "seed": 0, "epochs": 24, "device": "cpu",
+    "default": {"training": 1, "job": "train_restoration", "seed": 0, "epochs": 10, "device": "cpu",
                 "data": _DATA,
                 "params": {**_COMMON, "restorer": "diffusion", "channels": [32, 64, 64], "attention": True,
                            "patch": 2, "radon": 8, "schedule": "linear", "timesteps": 1000, "prediction": "v",
                            "direct_fraction": 0.5, "default_sampler": "direct"}},
-    "supervised": {"training": 1, "job": "train_restoration", "seed": 0, "epochs": 12, "device": "cpu",
+    "supervised": {"training": 1, "job": "train_restoration", "seed": 0, "epochs": 10, "device": "cpu",
                    "data": _DATA,
                    "params": {**_COMMON, "restorer": "supervised", "channels": [32, 64, 64], "attention": True,
                               "patch": 2, "radon": 8}},

@@ -201,18 +201,20 @@ def test_restore_then_hough_index_follows_a_live_stream_with_the_offline_results
 
 
 @needs_shipped_model
+@pytest.mark.slow  # 60 x 60 patterns through the shipped network and the indexer: about 10 s
 def test_the_shipped_model_restores_and_indexes_a_low_dose_scan(tmp_path):
     """A fresh clone: the default model in a pipeline with hough_index, no training needed."""
     from diffraflow.operators.indexing.testing import disorientation_deg
     from diffraflow.operators.simulate.ebsd import simulate_ebsd
 
-    sim = simulate_ebsd((6, 6), det_shape=(60, 60), n_grains=36, dose=4.0, seed=3)
+    # The scan simulator's image model at 2 counts/px: measured 95 % within 2 degrees after restoration (raw 92 %).
+    sim = simulate_ebsd((8, 8), det_shape=(60, 60), n_grains=64, dose=2.0, seed=3)
     frames = sim.all_patterns()[0]
     pipeline = Pipeline([RestorePatterns(), HoughIndex(phases=("ni",))])
     report = run_pipeline(pipeline, ArraySource(frames, chunk_frames=12, attrs=ebsd_attrs(sim)),
                           tmp_path / "r.zarr")
     restored = report.results["restore_patterns/patterns"]
-    assert restored.shape == (6, 6, 60, 60) and np.isfinite(restored).all()
+    assert restored.shape == (8, 8, 60, 60) and np.isfinite(restored).all()
     q = report.results["hough_index/rotation"].reshape(-1, 4)
     from diffraflow.operators.crystallography import get_phase
 
@@ -247,3 +249,26 @@ def test_the_artefact_path_is_absolute_for_workers(models, monkeypatch):
     monkeypatch.chdir(Path(models["diffusion"]).parent)
     op = RestorePatterns(model=Path(models["diffusion"]).name)
     assert op.model == str(models["diffusion"])
+
+
+def readme_restoration_pipeline() -> str:
+    """The pipeline file of the README's restoration section."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Restoring low-dose patterns", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```yaml\n(.*?)^```", section, flags=re.S | re.M)[0]
+
+
+@needs_shipped_model
+def test_the_readme_pipeline_restores_then_indexes(tmp_path):
+    from diffraflow.flow.cli import main
+    from diffraflow.flow.results import open_results
+
+    pipeline = tmp_path / "restore.yaml"
+    pipeline.write_text(readme_restoration_pipeline())
+    scan = tmp_path / "scan.zarr"
+    assert main(["simulate", "ebsd", str(scan), "--scan-shape", "3", "4", "--dose", "2", "--seed", "1"]) == 0
+    assert main(["run", str(pipeline), "--input", str(scan), "--output", str(tmp_path / "r.zarr"), "--quiet"]) == 0
+    tree = open_results(tmp_path / "r.zarr")
+    assert {"restore_patterns", "xmap"} <= set(tree.children)

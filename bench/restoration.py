@@ -34,6 +34,8 @@ Methods:
     first ``--ddpm-frames`` points only (it is the slowest by far).
 ``latent``
     the latent diffusion model (domain autoencoder), DDIM with ``--ddim-steps`` steps.
+``nlpar_direct``
+    NLPAR first, then the one-step restorer on the averaged patterns.
 
 Reported per detector, dose and method: fraction of points within 2 degrees
 of the truth and median disorientation (m-3m), mean Hough confidence, the
@@ -74,7 +76,7 @@ sys.path.insert(0, str(ROOT))
 
 PC = (0.42, 0.22, 0.50)
 WORK = Path("/tmp/df-restoration")
-METHODS = ("raw", "nlpar", "supervised", "direct", "ddim", "ddpm", "latent")
+METHODS = ("raw", "nlpar", "supervised", "direct", "ddim", "ddpm", "latent", "nlpar_direct")
 CONFIDENT = 0.10  # the indexer's default threshold (operators/indexing/confidence.py)
 WRONG_DEG = 5.0
 _NLPAR_SCALE = 100.0
@@ -269,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
                 elif method == "nlpar":
                     out, seconds = run_nlpar(frames, args.scan)
                     record("nlpar", out, seconds, "PyEBSDIndex NLPAR, search radius 3, auto lambda")
+                elif method == "nlpar_direct" and "default" in models:
+                    averaged, nlpar_seconds = run_nlpar(frames, args.scan)
+                    out, seconds = restore(models["default"][0], averaged, "direct", None, args.batch)
+                    record(method, out, nlpar_seconds + seconds, "NLPAR, then the one-step restorer")
                 elif method == "supervised" and "supervised" in models:
                     record(method, *restore(models["supervised"][0], frames, "direct", None, args.batch))
                 elif method == "direct" and "default" in models:

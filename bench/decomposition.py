@@ -313,6 +313,7 @@ def memory(args) -> int:
         n = args.base_frames * size
         cube = workdir / f"cube_{n}.zarr"
         t0 = time.perf_counter()
+        made_here = not cube.exists()  # --clean removes only what this run made
         make_large_cube(cube, n, tuple(args.det), args.dose)
         made = time.perf_counter() - t0
         out = workdir / f"out_{size}.zarr"
@@ -331,7 +332,7 @@ def memory(args) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(out, ignore_errors=True)
-        if args.clean:
+        if args.clean and made_here:
             shutil.rmtree(cube, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

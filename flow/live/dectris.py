@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 from diffraflow.flow.live.core import Acquisition, DetectorUnreachableError, ReceiverCore
+from diffraflow.flow.live.zmqpush import PushServer
 
 __all__ = ["DectrisClient", "DectrisServer", "decode_message", "encode_image", "compress", "DEFAULT_PORT"]
 
@@ -382,7 +383,7 @@ class DectrisClient:
             sock.close(0)
 
 
-class DectrisServer:
+class DectrisServer(PushServer):
     """A simulated DECTRIS stream V2 detector: PUSH socket, start / images / end (``diffraflow replay``).
 
     Parameters
@@ -401,59 +402,13 @@ class DectrisServer:
         Series sent one after the other.
     """
 
+    thread_name = "dectris-sim"
+
     def __init__(self, frames: Any, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, rate: float = 0.0,
                  compression: str = "bslz4", scan_shape: tuple[int, int] | None = None, repeat: int = 1,
                  hwm: int = 8) -> None:
-        import zmq
-
-        self.frames, self.n = frames, len(frames)
-        self.rate, self.compression, self.repeat = float(rate), compression, int(repeat)
-        self.scan_shape = scan_shape
-        self._ctx: Any = zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.PUSH)
-        self._sock.setsockopt(zmq.SNDHWM, int(hwm))
-        self._sock.setsockopt(zmq.LINGER, 2000)
-        if port:
-            self._sock.bind(f"tcp://{host}:{port}")
-            self.port = int(port)
-        else:
-            self.port = self._sock.bind_to_random_port(f"tcp://{host}")
-        self.host = host
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.sent = 0
-        self.blocked_seconds = 0.0
-        self.t_start: float | None = None
-        self.t_end: float | None = None
-
-    def start(self) -> DectrisServer:
-        self._thread = threading.Thread(target=self._serve, name="dectris-sim", daemon=True)
-        self._thread.start()
-        return self
-
-    def wait(self, timeout: float | None = None) -> bool:
-        assert self._thread is not None
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._sock.close(0)
-
-    def _send(self, blob: bytes) -> bool:
-        import zmq
-
-        while not self._stop.is_set():
-            try:
-                self._sock.send(blob, zmq.NOBLOCK)
-                return True
-            except zmq.Again:  # the receiver holds us back (high-water mark reached)
-                t0 = time.perf_counter()
-                self._sock.poll(100, zmq.POLLOUT)
-                self.blocked_seconds += time.perf_counter() - t0
-        return False
+        super().__init__(frames, host=host, port=port, rate=rate, repeat=repeat, hwm=hwm)
+        self.compression, self.scan_shape = compression, scan_shape
 
     def _serve(self) -> None:
         first = np.asarray(self.frames[0])
@@ -461,26 +416,22 @@ class DectrisServer:
         for k in range(self.repeat):
             uid = f"diffraflow-replay-{time.time_ns()}-{k}"
             user = {"scan_shape": list(self.scan_shape)} if self.scan_shape else {}
-            if not self._send(start_message(self.n, shape, series_id=k + 1, series_unique_id=uid, user_data=user)):
+            if not self._send([start_message(self.n, shape, series_id=k + 1, series_unique_id=uid, user_data=user)]):
                 return
             self.t_start = self.t_start or time.perf_counter()
             clock = time.perf_counter()
             batch: list[bytes] = []
             for i in range(self.n):
-                if self.rate:
-                    due = clock + i / self.rate
-                    now = time.perf_counter()
-                    if due > now:
-                        time.sleep(due - now)
+                self._pace(clock, i)
                 if self.compression != "none" and not batch:
                     block = np.asarray([np.asarray(self.frames[j]) for j in range(i, min(self.n, i + 64))])
                     batch = compress(block, self.compression)
                 frame = np.asarray(self.frames[i])
                 blob = encode_image(i, frame, series_id=k + 1, series_unique_id=uid, compression=self.compression,
                                     compressed=batch.pop(0) if batch else None)
-                if not self._send(blob):
+                if not self._send([blob]):
                     return
                 self.sent += 1
-            if not self._send(end_message(k + 1, uid)):
+            if not self._send([end_message(k + 1, uid)]):
                 return
         self.t_end = time.perf_counter()

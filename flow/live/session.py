@@ -96,27 +96,6 @@ class LiveResultStore(ZarrResultStore):
         self.done_frames: dict[int, int] = {}
         self.done_at: dict[int, tuple[Any, float]] = {}
 
-    def open(self, plan: Any, source: Any) -> None:
-        """Open (or resume) the store; one left half-made by a process killed while creating it is made anew.
-
-        A store whose declared result arrays are not all there was cut short
-        before any result was written (arrays are all created before the
-        first chunk), so it holds nothing to keep.
-        """
-        final = Path(self.path)
-        if final.is_dir() and not self.overwrite:
-            import shutil
-
-            from diffraflow.flow.locks import StoreLock
-            from diffraflow.flow.notices import notify
-
-            with StoreLock(final):  # never while another process writes it
-                if _half_made(final, plan):
-                    shutil.rmtree(final)
-                    notify(f"removed {final}: its creation was cut short (no result had been written); "
-                           "starting it anew")
-        super().open(plan, source)
-
     def mark_done(self, round_: int, region: Any) -> None:
         super().mark_done(round_, region)
         self.done_frames[round_] = self.done_frames.get(round_, 0) + region.n
@@ -472,22 +451,6 @@ class LiveSession:
         arr = np.asarray(waits)
         return {"median": round(float(np.median(arr)), 4), "p95": round(float(np.percentile(arr, 95)), 4),
                 "max": round(float(arr.max()), 4), "frames": int(arr.size)}
-
-
-def _half_made(path: Path, plan: Any) -> bool:
-    """True for a result store of ours, not complete, without results and missing a declared array."""
-    try:
-        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    marker = attrs.get("diffraflow") if isinstance(attrs.get("diffraflow"), dict) else {}
-    if marker.get("kind") != "result" or marker.get("complete"):
-        return False
-    progress = path / "_progress"
-    if progress.is_dir() and (any(progress.rglob("*.done")) or any(progress.rglob("*.npz"))):
-        return False  # results were written: resume them
-    expected = list(plan.result_outputs())
-    return "run" not in attrs or any(not (path / key / "zarr.json").is_file() for key in expected)
 
 
 def _summary_of_complete(raw: Path) -> dict[str, Any]:

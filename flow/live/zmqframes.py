@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 from diffraflow.flow.live.core import Acquisition, DetectorUnreachableError, ReceiverCore
+from diffraflow.flow.live.zmqpush import PushServer
 
 __all__ = ["ZmqFrameClient", "ZmqFrameServer", "frame_dtype", "DEFAULT_PORT"]
 
@@ -224,7 +225,7 @@ class ZmqFrameClient:
             sock.close(0)
 
 
-class ZmqFrameServer:
+class ZmqFrameServer(PushServer):
     """A sender of the generic framing: PUSH socket, start / frames / end (``diffraflow replay``).
 
     Parameters
@@ -239,57 +240,13 @@ class ZmqFrameServer:
         Announced in the start header.
     """
 
+    thread_name = "zmq-sim"
+
     def __init__(self, frames: Any, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, rate: float = 0.0,
                  scan_shape: tuple[int, int] | None = None, attrs: dict[str, Any] | None = None, repeat: int = 1,
                  hwm: int = 8) -> None:
-        import zmq
-
-        self.frames, self.n = frames, len(frames)
-        self.rate, self.scan_shape, self.attrs, self.repeat = float(rate), scan_shape, attrs or {}, int(repeat)
-        self._sock: Any = zmq.Context.instance().socket(zmq.PUSH)
-        self._sock.setsockopt(zmq.SNDHWM, int(hwm))
-        self._sock.setsockopt(zmq.LINGER, 2000)
-        if port:
-            self._sock.bind(f"tcp://{host}:{port}")
-            self.port = int(port)
-        else:
-            self.port = self._sock.bind_to_random_port(f"tcp://{host}")
-        self.host = host
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.sent = 0
-        self.blocked_seconds = 0.0
-        self.t_start: float | None = None
-        self.t_end: float | None = None
-
-    def start(self) -> ZmqFrameServer:
-        self._thread = threading.Thread(target=self._serve, name="zmq-sim", daemon=True)
-        self._thread.start()
-        return self
-
-    def wait(self, timeout: float | None = None) -> bool:
-        assert self._thread is not None
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._sock.close(0)
-
-    def _send(self, parts: list[bytes]) -> bool:
-        import zmq
-
-        while not self._stop.is_set():
-            try:
-                self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:
-                t0 = time.perf_counter()
-                self._sock.poll(100, zmq.POLLOUT)
-                self.blocked_seconds += time.perf_counter() - t0
-        return False
+        super().__init__(frames, host=host, port=port, rate=rate, repeat=repeat, hwm=hwm)
+        self.scan_shape, self.attrs = scan_shape, attrs or {}
 
     def _serve(self) -> None:
         first = np.asarray(self.frames[0])
@@ -304,11 +261,7 @@ class ZmqFrameServer:
             self.t_start = self.t_start or time.perf_counter()
             clock = time.perf_counter()
             for i in range(self.n):
-                if self.rate:
-                    due = clock + i / self.rate
-                    now = time.perf_counter()
-                    if due > now:
-                        time.sleep(due - now)
+                self._pace(clock, i)
                 head = json.dumps({"type": "frame", "index": i, "series": series}).encode()
                 if not self._send([head, np.ascontiguousarray(self.frames[i], first.dtype).tobytes()]):
                     return

@@ -81,7 +81,7 @@ class NpyReader(Reader):
         probe = self.probe()
         if self._fortran:
             # Column-major frames are strided over the whole file: read them one by one through a memory map.
-            arr = np.load(self.path, mmap_mode="r")
+            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
             nav = arr.shape[:-2]
             for lo, hi in batched(probe.n_frames, batch):
                 index = zip(*np.unravel_index(np.arange(lo, hi), nav), strict=True) if nav else [()]

@@ -266,7 +266,7 @@ def _prepare_work(work: Path, fingerprint: str, resume: bool, record: dict[str, 
             if any(work.iterdir()):
                 raise OutputExistsError(str(work), "exists and was not made by a diffraflow training run",
                                         "move it away yourself")
-            shutil.rmtree(work)
+            work.rmdir()  # empty: nothing in it to lose
         elif not resume:
             shutil.rmtree(work)
             notify(f"discarded the interrupted training in {work} (--no-resume)")

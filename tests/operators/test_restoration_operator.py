@@ -73,10 +73,6 @@ def untrained_model() -> Path:
 
 
 #: The shipped model is made by bench/train_restoration_models.py; a checkout may not have it yet.
-needs_shipped_model = pytest.mark.skipif(not DEFAULT_MODEL.exists(),
-                                         reason=f"{DEFAULT_MODEL} not installed (bench/train_restoration_models.py)")
-
-
 class TestRestoreConformance(OperatorConformance):
     """Chunking, merge order, executors and pickling of a diffusion restorer with a stochastic sampler."""
 
@@ -90,7 +86,6 @@ class TestRestoreConformance(OperatorConformance):
         return small_scan((5, 7))[1]
 
 
-@needs_shipped_model
 def test_the_shipped_model_is_small_verified_and_the_default():
     art = load_artefact(DEFAULT_MODEL, kind=RESTORER_KIND)
     assert (DEFAULT_MODEL / "weights.safetensors").stat().st_size < 5 * 2 ** 20
@@ -200,7 +195,6 @@ def test_restore_then_hough_index_follows_a_live_stream_with_the_offline_results
         np.testing.assert_allclose(live[key], offline[key], atol=1e-5, err_msg=key)
 
 
-@needs_shipped_model
 @pytest.mark.slow  # 60 x 60 patterns through the shipped network and the indexer: about 10 s
 def test_the_shipped_model_restores_and_indexes_a_low_dose_scan(tmp_path):
     """A fresh clone: the default model in a pipeline with hough_index, no training needed."""
@@ -260,7 +254,6 @@ def readme_restoration_pipeline() -> str:
     return re.findall(r"^```yaml\n(.*?)^```", section, flags=re.S | re.M)[0]
 
 
-@needs_shipped_model
 def test_the_readme_pipeline_restores_then_indexes(tmp_path):
     from diffraflow.flow.cli import main
     from diffraflow.flow.results import open_results

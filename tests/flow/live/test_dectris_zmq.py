@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 from diffraflow.flow.cli import main
 from diffraflow.flow.live.dectris import (
     DectrisClient,
@@ -19,8 +20,6 @@ from diffraflow.flow.live.dectris import (
 from diffraflow.flow.live.session import LiveSession
 from diffraflow.flow.live.zmqframes import ZmqFrameClient, ZmqFrameServer
 from diffraflow.flow.store import open_cube
-
-zmq = pytest.importorskip("zmq")
 
 
 def _run(client, raw, **kw):
